@@ -1,0 +1,146 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import write_jpeg
+
+from tfmarket.data.pipeline import (
+    augment,
+    eval_dataset,
+    identity_index,
+    pk_batches,
+    train_dataset,
+)
+from tfmarket.preprocess import decode_image, load_image, resize_image
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    """6 identities with 1..6 images each, 30x60 JPEGs (odd size on purpose)."""
+    root = tmp_path_factory.mktemp("pk")
+    paths, labels = [], []
+    for label in range(6):
+        for i in range(label + 1):
+            paths.append(str(write_jpeg(root / f"{label}_{i}.jpg", (40 * label, 100, 50),
+                                        size=(30, 60))))
+            labels.append(label)
+    return paths, np.array(labels)
+
+
+def test_identity_index_groups_by_label():
+    order, offsets, counts = identity_index(np.array([2, 0, 2, 1, 0]))
+    assert counts.tolist() == [2, 1, 2]
+    for label in range(3):
+        members = order[offsets[label]:offsets[label] + counts[label]]
+        assert (np.array([2, 0, 2, 1, 0])[members] == label).all()
+
+
+def test_every_batch_is_p_by_k(small_set):
+    _, labels = small_set
+    p, k = 3, 4
+    for batch in pk_batches(labels, p, k, seed=1).take(20):
+        got = labels[batch.numpy()].reshape(p, k)
+        assert (got == got[:, :1]).all(), "each group of K holds one identity"
+        assert len(set(got[:, 0].tolist())) == p, "P distinct identities"
+
+
+def test_pk_without_replacement_when_enough_images(small_set):
+    _, labels = small_set
+    for batch in pk_batches(labels, 2, 4, seed=2).take(20):
+        idx = batch.numpy().reshape(2, 4)
+        for group in idx:
+            if (labels == labels[group[0]]).sum() >= 4:
+                assert len(set(group.tolist())) == 4
+
+
+def test_pk_epoch_visits_every_identity(small_set):
+    _, labels = small_set
+    seen = [labels[b.numpy()[0::2]] for b in pk_batches(labels, 3, 2, seed=0).take(2)]
+    assert sorted(np.concatenate(seen).tolist()) == list(range(6))
+
+
+def test_pk_is_deterministic_for_a_seed(small_set):
+    _, labels = small_set
+    a = [b.numpy() for b in pk_batches(labels, 2, 4, seed=5).take(5)]
+    b = [b.numpy() for b in pk_batches(labels, 2, 4, seed=5).take(5)]
+    c = [b.numpy() for b in pk_batches(labels, 2, 4, seed=6).take(5)]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_train_dataset_shapes_targets_and_determinism(small_set):
+    paths, labels = small_set
+    targets = {"hat": labels % 2}
+    kwargs = dict(height=32, width=16, p=2, k=3, seed=7)
+    ds = train_dataset(paths, labels, targets, **kwargs)
+    images, y = next(iter(ds))
+    assert images.shape == (6, 32, 16, 3) and images.dtype == tf.float32
+    assert float(tf.reduce_max(images)) <= 255.0
+    np.testing.assert_array_equal(y["hat"].numpy(), y["id"].numpy() % 2)
+    again, _ = next(iter(train_dataset(paths, labels, targets, **kwargs)))
+    np.testing.assert_array_equal(images.numpy(), again.numpy())
+    uncached, _ = next(iter(train_dataset(paths, labels, targets, cache_bytes=False, **kwargs)))
+    np.testing.assert_array_equal(images.numpy(), uncached.numpy())
+
+
+def test_preprocessing_eager_equals_inside_tf_data(tmp_path):
+    path = str(write_jpeg(tmp_path / "a.jpg", size=(37, 81)))
+    eager = load_image(tf.constant(path), 64, 32).numpy()
+    ds = tf.data.Dataset.from_tensors(path).map(lambda p: load_image(p, 64, 32))
+    np.testing.assert_array_equal(eager, next(iter(ds)).numpy())
+    seed = tf.constant([1, 2])
+    a = augment(tf.constant(eager), seed, 4, True, 1.0).numpy()
+    ds = tf.data.Dataset.from_tensors(eager).map(lambda x: augment(x, seed, 4, True, 1.0))
+    np.testing.assert_array_equal(a, next(iter(ds)).numpy())
+
+
+def test_grayscale_and_png_decode_to_rgb(tmp_path):
+    gray = write_jpeg(tmp_path / "g.jpg", mode="L")
+    png = write_jpeg(tmp_path / "p.png", fmt="PNG")
+    for path in (gray, png):
+        image = decode_image(tf.io.read_file(str(path)))
+        assert image.shape[-1] == 3
+    gray_rgb = decode_image(tf.io.read_file(str(gray))).numpy()
+    assert (gray_rgb[..., 0] == gray_rgb[..., 1]).all()
+
+
+def test_resize_is_identity_at_the_right_size():
+    x = tf.constant(np.random.default_rng(0).integers(0, 255, (8, 4, 3)), tf.uint8)
+    np.testing.assert_array_equal(resize_image(x, 8, 4).numpy(), x.numpy())
+    assert resize_image(x, 16, 8).shape == (16, 8, 3)
+
+
+def test_augment_erasing_fills_with_the_mean_pixel():
+    x = tf.zeros((64, 32, 3), tf.uint8)
+    out = augment(x, tf.constant([3, 4]), pad=0, flip=False, erase_prob=1.0).numpy()
+    erased = (out != 0).any(-1)
+    assert erased.sum() >= 0.02 * 64 * 32 * 0.5
+    assert (out[erased] == [124, 116, 104]).all()
+
+
+def test_eval_dataset_is_ordered_and_labelled(small_set):
+    paths, labels = small_set
+    rows = list(eval_dataset(paths, height=32, width=16, batch_size=4, pids=labels,
+                             cams=np.ones(len(paths))))
+    files = [f.decode() for r in rows for f in r["file"].numpy()]
+    assert files == paths
+    assert np.concatenate([r["pid"].numpy() for r in rows]).tolist() == labels.tolist()
+
+
+def test_two_replicas_each_get_whole_identities(small_set):
+    """A global batch of 2 x P identities splits into replicas holding P whole identities."""
+    paths, labels = small_set
+    devices = tf.config.list_logical_devices("CPU")
+    assert len(devices) >= 2, "conftest configures two logical CPUs"
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    p_per_replica, k = 1, 4
+    ds = train_dataset(paths, labels, {}, height=16, width=8, p=p_per_replica * 2, k=k, seed=0)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    dist = strategy.experimental_distribute_dataset(ds.with_options(options))
+    for _, (_, y) in zip(range(5), dist, strict=False):
+        per_replica = strategy.experimental_local_results(y["id"])
+        assert len(per_replica) == 2
+        for ids in per_replica:
+            ids = ids.numpy()
+            assert len(ids) == p_per_replica * k
+            assert (ids.reshape(p_per_replica, k) == ids.reshape(p_per_replica, k)[:, :1]).all()

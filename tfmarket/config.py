@@ -1,0 +1,251 @@
+"""The typed experiment config: defaults -> YAML file(s) -> ``--set key=value`` overrides.
+
+Only the CLI layer reads this object; library functions take plain arguments.
+A YAML file may inherit another with ``_base_: other.yaml`` (resolved relative to the file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tfmarket.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how batches are built."""
+
+    root: str = ""  # dataset folder; "" = generate synthetic data into <workdir>/synthetic
+    layout: str = "auto"  # auto | market1501 | course
+    height: int = 128
+    width: int = 64
+    ids_per_batch: int = 8  # P of the P x K batches
+    images_per_id: int = 4  # K
+    val_ids: int = 0  # identities held out for validation (0 = 10% of training identities)
+    flip: bool = True
+    pad: int = 10  # pad-and-random-crop margin, pixels
+    erase_prob: float = 0.5  # random erasing probability
+    synth_train_ids: int = 60  # used when root == ""
+    synth_test_ids: int = 30
+    synth_images_per_id: int = 8
+    cache: bool = True  # cache decoded images in memory (fine for Market-1501 sizes)
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet50"  # resnet50 | tiny
+    weights: str = "none"  # imagenet | none | path to a .weights.h5 / .keras file
+    last_stride: int = 1  # 1 = BoT's last-stride trick (higher-resolution final map)
+    pooling: str = "avg"  # avg | gem
+    embedding_dim: int = 0  # 0 = backbone width (2048 for ResNet50)
+    dropout: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    id_weight: float = 1.0
+    triplet_weight: float = 1.0
+    attribute_weight: float = 1.0
+    margin: float = 0.3
+    soft_margin: bool = False
+    label_smoothing: float = 0.1
+    balance_attributes: bool = True  # class-balanced weights for the attribute losses
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 60
+    steps_per_epoch: int = 0  # 0 = number of training images / batch size
+    optimizer: str = "adamw"  # adam | adamw | sgd
+    learning_rate: float = 3.5e-4
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 10
+    schedule: str = "step"  # step | cosine | constant
+    decay_epochs: tuple[int, ...] = (40, 70)  # step schedule milestones
+    decay_factor: float = 0.1
+    precision: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
+    jit_compile: bool = False
+    eval_every: int = 1  # validation mAP every N epochs (0 = never)
+    early_stopping_patience: int = 0  # 0 = off
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    onnx: bool = False  # also written with --onnx
+    opset: int = 17
+    parity_tolerance: float = 1e-4
+    quantize_int8: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything one run needs; written as ``config.yaml`` into each run directory."""
+
+    name: str = "default"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+
+
+# Allowed values of the string options, checked when a config is loaded.
+CHOICES = {
+    "data.layout": ("auto", "market1501", "course"),
+    "model.backbone": ("resnet50", "tiny"),
+    "model.pooling": ("avg", "gem"),
+    "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.schedule": ("step", "cosine", "constant"),
+    "train.precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+}
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Checks/converts one leaf value against its annotation (YAML or command-line text)."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        item_type = typing.get_args(annotation)[0]
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item_type, key) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, str) or float(value) == int(value):
+                return int(value)
+        except (TypeError, ValueError):
+            pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if annotation is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if value is None:
+            return ""
+        return str(value)
+    if isinstance(annotation, types.UnionType):  # pragma: no cover - not used yet
+        return value
+    return value
+
+
+def _merge(config: Any, updates: dict, prefix: str = "") -> Any:
+    """Returns ``config`` with ``updates`` (a nested dict) applied, type-checked."""
+    hints = _section_types(type(config))
+    changes = {}
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            valid = ", ".join(f"{prefix}{k}" for k in hints)
+            raise ConfigError(f"unknown config key {full!r}; valid keys: {valid}")
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping of {type(current).__name__} keys")
+            changes[key] = _merge(current, value, f"{full}.")
+        else:
+            changes[key] = _coerce(value, hints[key], full)
+            if full in CHOICES and changes[key] not in CHOICES[full]:
+                raise ConfigError(
+                    f"{full}: {changes[key]!r} is not one of {', '.join(CHOICES[full])}"
+                )
+    return dataclasses.replace(config, **changes)
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: _base_ inheritance loops")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = raw.pop("_base_", None)
+    if base is None:
+        return raw
+    merged = _read_yaml(path.parent / base, seen + (path,))
+    return _deep_update(merged, raw)
+
+
+def _deep_update(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    """``["train.epochs=2", "data.root=/x"]`` -> nested dict with YAML-parsed values."""
+    nested: dict = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text) if text else ""
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (with its ``_base_`` chain), then ``key=value`` overrides."""
+    config = Config()
+    if path:
+        config = _merge(config, _read_yaml(Path(path)))
+    return _merge(config, parse_overrides(overrides))
+
+
+def to_dict(config: Config) -> dict:
+    def convert(value):
+        if isinstance(value, tuple):
+            return [convert(v) for v in value]
+        return value
+
+    return {
+        k: ({kk: convert(vv) for kk, vv in v.items()} if isinstance(v, dict) else convert(v))
+        for k, v in dataclasses.asdict(config).items()
+    }
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def from_dict(raw: dict) -> Config:
+    return _merge(Config(), raw)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(to_yaml(config))

@@ -1,0 +1,221 @@
+"""tf.data input pipelines: identity-balanced P x K training batches and evaluation batches.
+
+Design for ``tf.distribute``: a global batch holds ``P * replicas`` identities x K images, laid
+out identity by identity. Keras splits a global batch into contiguous per-replica slices, so
+with ``P`` identities per replica every replica receives whole identities and batch-hard
+triplet mining inside a replica sees all K images of each of its identities (tested with two
+logical devices in ``tests/test_pipeline.py``).
+
+Everything per image is TF ops (no Python), parallel and prefetched. With a seed, augmentation
+uses stateless random ops keyed by (seed, batch index, position) so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfmarket.preprocess import MEAN_RGB, decode_image, resize_image
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def identity_index(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups image indices by contiguous label.
+
+    Args:
+        labels: int [N] contiguous labels 0..C-1.
+
+    Returns:
+        (order int64 [N] image indices sorted by label, offsets int64 [C], counts int64 [C]):
+        the images of label c are ``order[offsets[c]:offsets[c] + counts[c]]``.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    order = np.argsort(labels, kind="stable")
+    counts = np.bincount(labels)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return order.astype(np.int64), offsets.astype(np.int64), counts.astype(np.int64)
+
+
+def sample_pk_indices(order, offsets, counts, ids, k: int, seed):
+    """Samples K images for each of the given identities.
+
+    Without replacement when an identity has at least K images, with replacement otherwise
+    (torchreid's RandomIdentitySampler rule), all vectorised.
+
+    Args:
+        order, offsets, counts: from :func:`identity_index` (tensors).
+        ids: int64 [P] identities.
+        k: images per identity.
+        seed: int32 [2] stateless seed.
+
+    Returns:
+        int64 [P * K] image indices, identity by identity.
+    """
+    count = tf.gather(counts, ids)  # [P]
+    max_count = tf.cast(tf.reduce_max(counts), tf.int32)
+    seed_a, seed_b = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    # A random permutation per identity: random keys, positions past the identity's count pushed
+    # to the end; the first K positions are then a sample without replacement.
+    keys = tf.random.stateless_uniform([tf.size(ids), max_count], seed_a)
+    valid = tf.range(tf.cast(max_count, tf.int64))[None, :] < count[:, None]
+    keys = tf.where(valid, keys, 2.0)
+    position = tf.argsort(keys, axis=1)[:, :k]  # [P, K]
+    position = tf.cast(position, tf.int64)
+    # With replacement for identities that have fewer than K images.
+    uniform = tf.random.stateless_uniform([tf.size(ids), k], seed_b)
+    repl = tf.cast(tf.floor(uniform * tf.cast(count[:, None], tf.float32)), tf.int64)
+    repl = tf.minimum(repl, count[:, None] - 1)
+    position = tf.where(count[:, None] >= k, position, repl)
+    flat = tf.gather(offsets, ids)[:, None] + position
+    return tf.reshape(tf.gather(order, flat), [-1])
+
+
+def pk_batches(labels: np.ndarray, p: int, k: int, seed: int = 0) -> tf.data.Dataset:
+    """An endless dataset of int64 [P * K] image-index batches.
+
+    Each pass over the identities visits every identity once in random order (P at a time,
+    the last incomplete group dropped), like an epoch of torchreid's identity sampler.
+    """
+    order, offsets, counts = identity_index(labels)
+    num_ids = len(counts)
+    if num_ids < p:
+        raise ValueError(f"P = {p} identities per batch, but only {num_ids} identities to train on")
+    order_t, offsets_t, counts_t = (tf.constant(a) for a in (order, offsets, counts))
+    groups_per_pass = num_ids // p
+
+    def batch_for(step):
+        pass_index = step // groups_per_pass
+        group = step % groups_per_pass
+        perm = tf.random.experimental.stateless_shuffle(
+            tf.range(num_ids, dtype=tf.int64), seed=tf.stack([seed, tf.cast(pass_index, tf.int32)])
+        )
+        ids = perm[group * p:(group + 1) * p]
+        return sample_pk_indices(
+            order_t, offsets_t, counts_t, ids, k, tf.stack([seed + 1, tf.cast(step, tf.int32)])
+        )
+
+    return tf.data.Dataset.counter().map(batch_for)
+
+
+def augment(image, seed, pad: int, flip: bool, erase_prob: float):
+    """Training augmentation on one uint8 [H, W, 3] image; ``seed`` int32 [2].
+
+    Horizontal flip, zero-pad by ``pad`` and random-crop back, random erasing (Zhong et al.
+    2020: area 2-40%, aspect 0.3-3.3) filled with the mean pixel, so the erased block is
+    neutral after normalisation, as torchreid does.
+    """
+    height, width = image.shape[0], image.shape[1]
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    if flip:
+        image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    if pad > 0:
+        padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+        image = tf.image.stateless_random_crop(padded, [height, width, 3], seeds[1])
+    if erase_prob > 0:
+        area = tf.cast(height * width, tf.float32)
+        target = tf.random.stateless_uniform([], seeds[2], 0.02, 0.4) * area
+        log_ratio = tf.random.stateless_uniform([], seeds[3], np.log(0.3), np.log(1 / 0.3))
+        ratio = tf.exp(log_ratio)
+        eh = tf.cast(tf.round(tf.sqrt(target * ratio)), tf.int32)
+        ew = tf.cast(tf.round(tf.sqrt(target / ratio)), tf.int32)
+        eh = tf.clip_by_value(eh, 1, height)
+        ew = tf.clip_by_value(ew, 1, width)
+        corner = tf.random.stateless_uniform([2], seeds[4], 0.0, 1.0)
+        top = tf.cast(corner[0] * tf.cast(height - eh + 1, tf.float32), tf.int32)
+        left = tf.cast(corner[1] * tf.cast(width - ew + 1, tf.float32), tf.int32)
+        rows = tf.range(height)[:, None]
+        cols = tf.range(width)[None, :]
+        box = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
+        apply = tf.random.stateless_uniform([], seeds[5]) < erase_prob
+        mask = tf.logical_and(box, apply)[:, :, None]
+        fill = tf.constant([round(m) for m in MEAN_RGB], tf.uint8)
+        image = tf.where(mask, fill[None, None, :], image)
+    return image
+
+
+def _image_source(paths: list[str], cache_bytes: bool):
+    """Returns f(index) -> encoded bytes; holds file bytes in memory when ``cache_bytes``."""
+    if cache_bytes:
+        blobs = tf.constant([_read_bytes(p) for p in paths])
+        return lambda i: tf.gather(blobs, i)
+    path_t = tf.constant(paths)
+    return lambda i: tf.io.read_file(tf.gather(path_t, i))
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def train_dataset(
+    paths: list[str],
+    labels: np.ndarray,
+    targets: dict[str, np.ndarray],
+    *,
+    height: int,
+    width: int,
+    p: int,
+    k: int,
+    seed: int = 0,
+    pad: int = 10,
+    flip: bool = True,
+    erase_prob: float = 0.5,
+    cache_bytes: bool = True,
+) -> tf.data.Dataset:
+    """Endless P x K training batches.
+
+    Args:
+        paths: [N] image files.
+        labels: int [N] contiguous identity labels.
+        targets: name -> int [N] per-image targets (attribute heads); the identity label is
+            added as ``"id"``.
+
+    Yields:
+        (images float32 [P*K, H, W, 3] in [0, 255], {name: int32 [P*K]}).
+    """
+    source = _image_source(list(paths), cache_bytes)
+    columns = {"id": np.asarray(labels, np.int32)}
+    columns.update({name: np.asarray(v, np.int32) for name, v in targets.items()})
+    column_t = {name: tf.constant(v) for name, v in columns.items()}
+    batch = p * k
+
+    def load(step, index):
+        image = resize_image(decode_image(source(index)), height, width)
+        image = augment(image, tf.stack([seed, tf.cast(step, tf.int32)]), pad, flip, erase_prob)
+        return tf.cast(image, tf.float32), {n: tf.gather(v, index) for n, v in column_t.items()}
+
+    ds = pk_batches(labels, p, k, seed).unbatch().enumerate()
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch, drop_remainder=True)
+    return ds.prefetch(AUTOTUNE)
+
+
+def eval_dataset(
+    paths: list[str],
+    *,
+    height: int,
+    width: int,
+    batch_size: int = 128,
+    pids: np.ndarray | None = None,
+    cams: np.ndarray | None = None,
+) -> tf.data.Dataset:
+    """Deterministic evaluation batches, no augmentation.
+
+    Yields:
+        {"image": float32 [B, H, W, 3] in [0, 255], "pid": int64 [B], "camera": int64 [B],
+         "file": string [B]} in file order.
+    """
+    n = len(paths)
+    pids = np.full(n, -1) if pids is None else np.asarray(pids)
+    cams = np.full(n, -1) if cams is None else np.asarray(cams)
+    ds = tf.data.Dataset.from_tensor_slices(
+        {"file": list(paths), "pid": pids.astype(np.int64), "camera": cams.astype(np.int64)}
+    )
+
+    def load(row):
+        image = resize_image(decode_image(tf.io.read_file(row["file"])), height, width)
+        return {**row, "image": tf.cast(image, tf.float32)}
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)

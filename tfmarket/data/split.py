@@ -1,0 +1,66 @@
+"""Identity-disjoint validation split and contiguous training labels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfmarket.data.market1501 import Records
+from tfmarket.errors import DataError
+
+
+def relabel(pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset identities -> contiguous labels 0..C-1 (in sorted identity order).
+
+    Returns:
+        (labels int64 [N], identities int64 [C]) with ``identities[labels] == pids``.
+    """
+    identities, labels = np.unique(pids, return_inverse=True)
+    return labels.astype(np.int64), identities.astype(np.int64)
+
+
+def split_validation(
+    train: Records, num_val_ids: int, seed: int = 0
+) -> tuple[Records, Records, Records]:
+    """Carves held-out identities from the training records.
+
+    Only identities seen by at least two cameras are eligible (a Market-1501 query needs a
+    match from another camera). For each held-out identity one image per camera becomes a
+    query, like Market-1501's own query set; the rest goes to the gallery. An identity with
+    exactly one image per camera keeps one camera's image for the gallery, so that every
+    held-out identity has gallery images.
+
+    Returns:
+        (train_rest, val_query, val_gallery), identity-disjoint from each other's training part.
+    """
+    ids = np.unique(train.pids)
+    if num_val_ids <= 0:
+        empty = train.subset(np.zeros(len(train), bool))
+        return train, empty, empty
+    eligible = np.array([p for p in ids if len(np.unique(train.cams[train.pids == p])) >= 2])
+    if len(eligible) < num_val_ids or len(ids) - num_val_ids < 2:
+        raise DataError(
+            f"cannot hold out {num_val_ids} validation identities: {len(ids)} training "
+            f"identities, {len(eligible)} seen by two or more cameras"
+        )
+    rng = np.random.default_rng(seed)
+    val_ids = np.sort(rng.choice(eligible, size=num_val_ids, replace=False))
+    in_val = np.isin(train.pids, val_ids)
+    query_mask = np.zeros(len(train), dtype=bool)
+    for pid in val_ids:
+        mine = train.pids == pid
+        cams = rng.permutation(np.unique(train.cams[mine]))
+        if mine.sum() == len(cams):
+            cams = cams[1:]
+        for cam in cams:
+            candidates = np.flatnonzero(mine & (train.cams == cam))
+            query_mask[rng.choice(candidates)] = True
+    return (
+        train.subset(~in_val),
+        train.subset(query_mask),
+        train.subset(in_val & ~query_mask),
+    )
+
+
+def default_val_ids(num_ids: int) -> int:
+    """10% of the training identities, at least 2 when there are enough."""
+    return max(2, num_ids // 10) if num_ids >= 10 else 0

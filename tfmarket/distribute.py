@@ -1,0 +1,69 @@
+"""Choosing the tf.distribute strategy and the precision policy from the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def configure_cpu_replicas(count: int) -> None:
+    """Splits the CPU into ``count`` logical devices (tests of multi-replica code paths).
+
+    Must run before TensorFlow initialises its devices.
+    """
+    if count <= 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current and len(current) == count:
+        return
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+    )
+
+
+def choose_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
+    """MultiWorkerMirrored when TF_CONFIG names a cluster, Mirrored over several local GPUs
+    (or ``cpu_replicas`` logical CPUs), else one device (GPU if any)."""
+    if os.environ.get("TF_CONFIG") and json.loads(os.environ["TF_CONFIG"]).get("cluster"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if cpu_replicas > 1:
+        configure_cpu_replicas(cpu_replicas)
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")][:cpu_replicas]
+        return tf.distribute.MirroredStrategy(devices)
+    gpus = tf.config.list_physical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+
+
+def resolve_precision(precision: str) -> str:
+    """"auto" -> mixed_float16 on a GPU with tensor cores (compute capability >= 7), else float32.
+
+    bfloat16 on CPUs is opt-in: whether it is faster depends on the CPU (AVX-512 BF16 / AMX);
+    ``benchmarks/train_step.py`` measures it.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    for gpu in tf.config.list_physical_devices("GPU"):
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        if capability and capability[0] >= 7:
+            return "mixed_float16"
+    return "float32"
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the worker that writes checkpoints, logs and the final model."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict()
+    )

@@ -1,0 +1,91 @@
+"""Embedding image files with an exported ONNX model in onnxruntime.
+
+Images are decoded and resized by the shared ``tfmarket.preprocess`` ops (the same ones training
+used), batched, and fed as uint8 to the graph, which does the normalisation itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tfmarket.errors import TfmarketError
+
+
+class OnnxEmbedder:
+    """An onnxruntime session over an exported tfmarket model.
+
+    Uses the CUDA execution provider when onnxruntime-gpu provides it, else the CPU.
+    """
+
+    def __init__(self, model_path: str | Path, threads: int = 0):
+        import onnxruntime as ort
+
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise TfmarketError(f"{self.path}: model file not found")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise TfmarketError(f"{self.path}: not a loadable ONNX model ({exc})") from None
+        self.providers = self.session.get_providers()
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        if model_input.type != "tensor(uint8)":
+            raise TfmarketError(
+                f"{self.path}: expected a uint8 image input, got {model_input.type}")
+        self.height, self.width = int(model_input.shape[1]), int(model_input.shape[2])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        card = self.path.parent / "model_card.json"
+        self.card = json.loads(card.read_text()) if card.is_file() else None
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 [B, H, W, 3] -> {output name: array [B, ...]}."""
+        if images.shape[1:] != (self.height, self.width, 3) or images.dtype != np.uint8:
+            raise TfmarketError(
+                f"model expects uint8 images of {self.height}x{self.width}x3, got "
+                f"{images.dtype} {images.shape[1:]}")
+        values = self.session.run(self.output_names, {self.input_name: images})
+        return dict(zip(self.output_names, values, strict=True))
+
+    def embed_files(self, paths: list[str], batch_size: int = 64, progress: str | None = None
+                    ) -> dict[str, np.ndarray]:
+        """Decodes and runs every file; returns {output: array [N, ...]} in ``paths`` order."""
+        import tensorflow as tf
+
+        from tfmarket.preprocess import load_image
+
+        n = len(paths)
+        if n == 0:
+            return {name: np.zeros((0,), np.float32) for name in self.output_names}
+        ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
+        ds = ds.map(lambda p: load_image(p, self.height, self.width),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch_size).prefetch(2)
+        bar = _progress(n, progress)
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
+        done = 0
+        for batch in ds:
+            out = self.run(batch.numpy())
+            for name, value in out.items():
+                parts[name].append(value)
+            done += len(batch)
+            if bar:
+                bar.update(done)
+        return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+def _progress(total: int, label: str | None):
+    if not label:
+        return None
+    import keras
+
+    print(label)
+    return keras.utils.Progbar(total, unit_name="image")

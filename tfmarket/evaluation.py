@@ -1,0 +1,129 @@
+"""Validation during training: embed a query/gallery pair, score re-ID and attributes.
+
+Uses the same NumPy metrics (``tfmarket.metrics``) as ``python -m tfmarket.rank``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+
+from tfmarket.attributes import COLUMNS, HEADS, probabilities_to_targets, targets_to_columns
+from tfmarket.data.market1501 import Records
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _softmax(x):
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def logits_to_probabilities(outputs: dict) -> dict[str, np.ndarray]:
+    """Training-model attribute logits -> probabilities ([N, C] softmax, [N, 1] sigmoid)."""
+    return {
+        head: _sigmoid(outputs[head]) if n == 1 else _softmax(outputs[head])
+        for head, n in HEADS.items()
+    }
+
+
+def predict_records(model: keras.Model, records: Records, height: int, width: int,
+                    batch_size: int = 128) -> dict[str, np.ndarray]:
+    """Runs the training model over a split.
+
+    Returns:
+        {"embedding": float32 [N, D], head: probabilities} in ``records`` order.
+    """
+    from tfmarket.data.pipeline import eval_dataset
+
+    ds = eval_dataset(records.paths, height=height, width=width, batch_size=batch_size)
+    ds = ds.map(lambda row: row["image"])
+    raw = model.predict(ds, verbose=0)
+    out = {"embedding": np.asarray(raw["embedding"], np.float32)}
+    out.update(logits_to_probabilities({h: np.asarray(raw[h]) for h in HEADS}))
+    return out
+
+
+def score(query_out: dict, gallery_out: dict, query: Records, gallery: Records) -> dict:
+    """Re-ID metrics (Market-1501 protocol) and attribute metrics on the images with labels."""
+    from tfmarket.metrics import attribute_metrics, evaluate_from_features
+
+    result = evaluate_from_features(
+        query_out["embedding"], gallery_out["embedding"],
+        query.pids, gallery.pids, query.cams, gallery.cams,
+    )
+    known = np.concatenate([query.has_attributes, gallery.has_attributes])
+    if known.any():
+        truth = np.concatenate([query.attributes, gallery.attributes])[known]
+        probs = {h: np.concatenate([query_out[h], gallery_out[h]])[known] for h in HEADS}
+        predicted = targets_to_columns(probabilities_to_targets(probs))
+        result["attributes"] = attribute_metrics(truth, predicted, COLUMNS)
+    return result
+
+
+class ValidationCallback(keras.callbacks.Callback):
+    """Every ``every`` epochs: validation mAP / Rank-k / attribute mA into the epoch logs.
+
+    Keys (``val_mAP``, ``val_rank1``, ``val_rank5``, ``val_mINP``, ``val_attr_mA``,
+    ``val_attr_accuracy``) are picked up by the TensorBoard callback, ModelCheckpoint and
+    EarlyStopping placed after this callback. Per-attribute accuracy and mA (54 scalars, too many
+    for the progress line) go straight to TensorBoard under ``log_dir/validation``.
+    """
+
+    def __init__(self, query: Records, gallery: Records, height: int, width: int,
+                 every: int = 1, batch_size: int = 128, log_dir: str | None = None):
+        super().__init__()
+        self.log_dir = log_dir
+        self._writer = None
+        self.query, self.gallery = query, gallery
+        self.height, self.width = height, width
+        self.every = max(1, every)
+        self.batch_size = batch_size
+        self.last: dict = {}
+        self.history: list[dict] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        last_epoch = self.params.get("epochs", 0) - 1
+        if (epoch + 1) % self.every and epoch != last_epoch:
+            return
+        start = time.time()
+        q = predict_records(self.model, self.query, self.height, self.width, self.batch_size)
+        g = predict_records(self.model, self.gallery, self.height, self.width, self.batch_size)
+        result = score(q, g, self.query, self.gallery)
+        logs.update({
+            "val_mAP": result["mAP"], "val_rank1": result["rank1"],
+            "val_rank5": result["rank5"], "val_mINP": result["mINP"],
+        })
+        attrs = result.get("attributes")
+        if attrs:
+            logs["val_attr_mA"] = attrs["mA"]
+            logs["val_attr_accuracy"] = attrs["mean_accuracy"]
+            self._write_per_attribute(epoch + 1, attrs["per_attribute"])
+        self.last = {"epoch": epoch + 1, "seconds": time.time() - start, **result}
+        self.history.append(self.last)
+        print(
+            f"\nvalidation epoch {epoch + 1}: mAP {result['mAP']:.4f}  rank-1 {result['rank1']:.4f}"
+            f"  rank-5 {result['rank5']:.4f}"
+            + (f"  attribute mA {attrs['mA']:.4f}  acc {attrs['mean_accuracy']:.4f}"
+               if attrs else "")
+        )
+
+    def _write_per_attribute(self, step: int, per_attribute: dict) -> None:
+        if not self.log_dir:
+            return
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(f"{self.log_dir}/validation")
+        with self._writer.as_default(step=step):
+            for name, per in per_attribute.items():
+                for key in ("mA", "accuracy", "F1"):
+                    if per.get(key) is not None:
+                        tf.summary.scalar(f"attribute_{key}/{name}", per[key])
+        self._writer.flush()

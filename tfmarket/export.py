@@ -1,0 +1,224 @@
+"""``python -m tfmarket.export``: a trained run -> SavedModel (+ ONNX) with a model card.
+
+    python -m tfmarket.export --workdir runs/NAME [--onnx] [--out exports/NAME] [--int8]
+
+The exported graph takes uint8 images [B, H, W, 3] at the training size (dynamic batch) and
+contains the normalisation, so callers only decode and resize (``tfmarket.preprocess``).
+Outputs: ``embedding`` [B, D] (L2-normalised) and every attribute head's probabilities.
+
+A parity check runs at export time on real images (the run's validation/training images):
+the max absolute difference between Keras, the SavedModel and onnxruntime outputs must be within
+``export.parity_tolerance`` (default 1e-4) or the export is aborted and nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from tfmarket.errors import TfmarketError
+
+MODEL_CARD = "model_card.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tfmarket.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="a run directory of tfmarket.train")
+    parser.add_argument("--out", help="output folder (default: exports/<run name>)")
+    parser.add_argument("--onnx", action="store_true", help="also write model.onnx")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write model.int8.onnx (dynamic int8 quantisation, CPU serving)")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "final"],
+                        help="best validation mAP (best.keras, if kept) or the final model")
+    parser.add_argument("--parity-images", type=int, default=32)
+    parser.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        card = export_run(Path(args.workdir), Path(args.out) if args.out else None,
+                          onnx=args.onnx, int8=args.int8, checkpoint=args.checkpoint,
+                          parity_images=args.parity_images, overwrite=args.overwrite)
+    except TfmarketError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": card["out"], "files": card["files"], "parity": card["parity"]},
+                     indent=2))
+    return 0
+
+
+def _parity_images(config, workdir: Path, count: int):
+    """uint8 [n, H, W, 3] real images from the run's dataset, decoded the shared way."""
+    from tfmarket.data.market1501 import load_dataset
+    from tfmarket.preprocess import load_images_numpy
+
+    root = config.data.root or workdir / "synthetic"
+    dataset = load_dataset(root, config.data.layout)
+    paths = dataset.train.paths[:: max(1, len(dataset.train) // count)][:count]
+    return load_images_numpy(paths, config.data.height, config.data.width)
+
+
+def _max_abs_diff(a: dict, b: dict) -> dict[str, float]:
+    import numpy as np
+
+    return {k: float(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k])).max()) for k in a}
+
+
+def export_model(model, out: Path, images, *, onnx: bool = True, int8: bool = False,
+                 tolerance: float = 1e-4) -> dict:
+    """Writes ``saved_model/`` (+ ``model.onnx``) into ``out`` and checks parity.
+
+    Args:
+        model: the training model (float input, logits).
+        images: uint8 [N, H, W, 3] real images for the parity check.
+
+    Returns:
+        {"files": [...], "parity": {...}, "outputs": {name: shape}}.
+
+    Raises:
+        TfmarketError: parity beyond ``tolerance``.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from tfmarket.model import build_inference_model
+
+    inference = build_inference_model(model)
+    reference = {k: np.asarray(v) for k, v in inference(images, training=False).items()}
+    inference.export(str(out / "saved_model"), format="tf_saved_model", verbose=False)
+    files = ["saved_model"]
+    loaded = tf.saved_model.load(str(out / "saved_model"))
+    served = {k: v.numpy() for k, v in loaded.serve(tf.constant(images)).items()}
+    parity = {"images": int(len(images)), "tolerance": tolerance,
+              "saved_model_vs_keras": _max_abs_diff(reference, served)}
+    if onnx:
+        inference.export(str(out / "model.onnx"), format="onnx", verbose=False)
+        files.append("model.onnx")
+        parity["onnx_vs_keras"] = _max_abs_diff(reference, run_onnx(out / "model.onnx", images))
+    worst = max(v for key in ("saved_model_vs_keras", "onnx_vs_keras") if key in parity
+                for v in parity[key].values())
+    parity["max_abs_diff"] = worst
+    if not worst <= tolerance:
+        raise TfmarketError(
+            f"export parity check failed: max |difference| {worst:.3g} > {tolerance:g} "
+            f"({json.dumps(parity)})")
+    if int8 and onnx:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(out / "model.onnx"), str(out / "model.int8.onnx"),
+                         weight_type=QuantType.QInt8)
+        files.append("model.int8.onnx")
+        parity["int8"] = quantization_report(reference, run_onnx(out / "model.int8.onnx", images))
+    outputs = {k: [None, *v.shape[1:]] for k, v in reference.items()}
+    return {"files": files, "parity": parity, "outputs": outputs}
+
+
+def quantization_report(reference: dict, quantized: dict) -> dict:
+    """How far int8 outputs drift: embedding cosine similarity and attribute decision agreement."""
+    import numpy as np
+
+    from tfmarket.attributes import probabilities_to_targets
+
+    cos = np.sum(reference["embedding"] * quantized["embedding"], axis=1)
+    ref_t = probabilities_to_targets(reference)
+    q_t = probabilities_to_targets(quantized)
+    agree = float(np.mean([np.mean(ref_t[h] == q_t[h]) for h in ref_t]))
+    return {"max_abs_diff": _max_abs_diff(reference, quantized),
+            "embedding_cosine_min": float(cos.min()), "embedding_cosine_mean": float(cos.mean()),
+            "attribute_decision_agreement": agree}
+
+
+def run_onnx(path: Path, images) -> dict:
+    """Runs an ONNX model on uint8 images; returns {output name: array}."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(names, {session.get_inputs()[0].name: images})
+    return dict(zip(names, values, strict=True))
+
+
+def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, int8: bool = False,
+               checkpoint: str = "best", parity_images: int = 32, overwrite: bool = False) -> dict:
+    """Exports a run directory; writes the model card; returns it."""
+    import yaml
+
+    from tfmarket import __version__
+    from tfmarket.attributes import COLUMNS, HEADS, head_classes
+    from tfmarket.config import from_dict, to_dict
+
+    workdir = Path(workdir)
+    if not (workdir / "config.yaml").is_file():
+        raise TfmarketError(f"{workdir}: not a tfmarket run directory (no config.yaml)")
+    model_path = workdir / ("best.keras" if checkpoint == "best" else "model.keras")
+    if not model_path.is_file():
+        model_path = workdir / "model.keras"
+    if not model_path.is_file():
+        raise TfmarketError(f"{workdir}: no trained model (model.keras); has training finished?")
+    config = from_dict(yaml.safe_load((workdir / "config.yaml").read_text()))
+    out = Path(out) if out else Path("exports") / workdir.name
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise TfmarketError(f"{out}: already exists; pass --overwrite to replace it")
+
+    import keras
+
+    import tfmarket.layers  # noqa: F401  (registers the custom layers for loading)
+    import tfmarket.losses  # noqa: F401
+    import tfmarket.schedules  # noqa: F401
+
+    model = keras.models.load_model(model_path)
+    images = _parity_images(config, workdir, parity_images)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        result = export_model(model, staging, images, onnx=onnx or config.export.onnx,
+                              int8=int8 or config.export.quantize_int8,
+                              tolerance=config.export.parity_tolerance)
+        metrics_file = workdir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        card = {
+            "tfmarket_version": __version__,
+            "source_run": str(workdir.resolve()),
+            "source_model": model_path.name,
+            "input": {"name": "image", "dtype": "uint8", "shape": [None, config.data.height,
+                      config.data.width, 3], "layout": "NHWC, RGB",
+                      "preprocessing": "decode to RGB, resize bilinear to H x W "
+                                       "(tfmarket.preprocess.load_image); normalisation is "
+                                       "inside the graph"},
+            "outputs": result["outputs"],
+            "embedding": {"name": "embedding", "normalised": "L2", "distance": "cosine"},
+            "attributes": {
+                "heads": {h: {"activation": "sigmoid" if n == 1 else "softmax",
+                              "classes": list(head_classes(h))} for h, n in HEADS.items()},
+                "columns": list(COLUMNS),
+                "encoding": "annotation files: 1 = no, 2 = yes; age 1-4 = young, teenager, "
+                            "adult, old; a colour head predicting 'none' writes 1 in every "
+                            "colour column",
+            },
+            "training_config": to_dict(config),
+            "validation": metrics.get("validation"),
+            "train_identities": metrics.get("train_identities"),
+            "parity": result["parity"],
+            "files": result["files"] + [MODEL_CARD],
+        }
+        (staging / MODEL_CARD).write_text(json.dumps(card, indent=2, default=float))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    card["out"] = str(out)
+    return card
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,535 @@
+"""Evaluation metrics: Market-1501 re-ID ranking (CMC, mAP, mINP) and attribute recognition.
+
+Plain NumPy (no TensorFlow), so CLIs and notebooks can use it cheaply.
+
+Re-ID protocol (Market-1501, as torchreid's ``eval_market1501`` and the official MATLAB code):
+
+* for each query, gallery images with the query's identity **and** camera are removed
+  (they are "junk": same-view shots are too easy);
+* gallery images with identity ``-1`` (Market's junk detections) are removed for every query;
+* identity ``0`` (Market's ``0000`` distractors) stays in the gallery as a negative;
+* a query with no remaining true match is skipped (it has no defined AP); the metrics are
+  averaged over the remaining "valid" queries;
+* the gallery is ranked by ascending distance with a **stable** sort, so equal distances are
+  ranked by gallery index (torchreid's default ``np.argsort`` leaves tie order unspecified).
+
+Per valid query, with the true matches at 1-based ranks ``n_1 < n_2 < ... < n_G`` among the
+kept gallery images:
+
+* ``AP`` (torchreid, non-interpolated): ``mean_j j / n_j``;
+* ``AP_trapezoid`` (official ``compute_AP.m``): ``sum_j (1/G) * (p_{j-1}' + j / n_j) / 2`` with
+  ``p_{j-1}' = (j - 1) / (n_j - 1)`` the precision one rank before the match (1 when ``n_j = 1``);
+* ``INP`` (Ye et al., TPAMI 2021): ``G / n_G``, the precision at the hardest match;
+* CMC hit at rank ``r``: ``n_1 <= r``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from tfmarket.attributes import AGE_CLASSES, COLUMNS
+
+JUNK_ID = -1
+DISTRACTOR_ID = 0
+DEFAULT_CHUNK = 256
+
+
+# --------------------------------------------------------------------------------------
+# Re-ID ranking
+# --------------------------------------------------------------------------------------
+
+
+def _as_1d(name: str, values, length: int | None = None) -> np.ndarray:
+    arr = np.asarray(values).reshape(-1)
+    if length is not None and len(arr) != length:
+        raise ValueError(f"{name} has {len(arr)} entries, expected {length}")
+    return arr
+
+
+def _check_labels(num_q: int, num_g: int, q_ids, g_ids, q_cams, g_cams):
+    return (
+        _as_1d("query_ids", q_ids, num_q),
+        _as_1d("gallery_ids", g_ids, num_g),
+        _as_1d("query_cams", q_cams, num_q),
+        _as_1d("gallery_cams", g_cams, num_g),
+    )
+
+
+def per_query_metrics_from_order(
+    order_rows: np.ndarray,
+    query_ids,
+    gallery_ids,
+    query_cams,
+    gallery_cams,
+    max_rank: int = 50,
+) -> dict[str, np.ndarray]:
+    """Per-query ranking metrics from full gallery rankings.
+
+    Args:
+        order_rows: int [n, M]: for each query, a permutation of all M gallery indices, best
+            first. Every row must rank the whole gallery (a truncated top-k list would miss
+            true matches and give wrong AP).
+        query_ids, query_cams: int [n].
+        gallery_ids, gallery_cams: int [M]; identity -1 is junk, 0 a distractor.
+        max_rank: length of the CMC hit vectors.
+
+    Returns:
+        dict of numpy arrays, one entry per query:
+        ``ap`` float64 [n] (non-interpolated), ``ap_trapezoid`` float64 [n] (official MATLAB),
+        ``inp`` float64 [n], ``cmc_hits`` bool [n, max_rank], ``valid`` bool [n],
+        ``num_matches`` int64 [n]. Invalid queries (no true match left) have NaN metrics
+        and all-False hits.
+    """
+    order_rows = np.asarray(order_rows)
+    if order_rows.ndim != 2:
+        raise ValueError(f"order_rows must be 2-D [n, M], got shape {order_rows.shape}")
+    num_q, num_g = order_rows.shape
+    q_ids, g_ids, q_cams, g_cams = _check_labels(
+        num_q, num_g, query_ids, gallery_ids, query_cams, gallery_cams
+    )
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+
+    ranked_ids = g_ids[order_rows]
+    same_id = ranked_ids == q_ids[:, None]
+    keep = ~((same_id & (g_cams[order_rows] == q_cams[:, None])) | (ranked_ids == JUNK_ID))
+    match = same_id & keep
+    # 1-based rank of every position among the kept gallery images (junk does not count).
+    kept_rank = np.cumsum(keep, axis=1, dtype=np.int32)
+    # Number of true matches seen so far, i.e. j at the j-th match.
+    match_count = np.cumsum(match, axis=1, dtype=np.int32)
+    num_matches = match_count[:, -1] if num_g else np.zeros(num_q, dtype=np.int64)
+    valid = num_matches > 0
+
+    rows, cols = np.nonzero(match)
+    n = kept_rank[rows, cols].astype(np.float64)
+    j = match_count[rows, cols].astype(np.float64)
+    precision = j / n
+    prev_precision = np.where(n > 1, (j - 1) / np.maximum(n - 1, 1), 1.0)
+
+    good = np.maximum(num_matches, 1).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        ap = np.bincount(rows, weights=precision, minlength=num_q) / good
+        trap_terms = (prev_precision + precision) / 2
+        ap_trap = np.bincount(rows, weights=trap_terms, minlength=num_q) / good
+    last_rank = np.zeros(num_q, dtype=np.float64)
+    np.maximum.at(last_rank, rows, n)
+    first_rank = np.full(num_q, np.inf)
+    np.minimum.at(first_rank, rows, n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inp = num_matches / last_rank
+    nan = np.full(num_q, np.nan)
+    # Ranks past the end of the kept list carry the last CMC value, as the rank is a cumulative
+    # indicator; first_rank <= num kept so a valid query always reaches 1.
+    hits = first_rank[:, None] <= np.arange(1, max_rank + 1)[None, :]
+    return {
+        "ap": np.where(valid, ap, nan),
+        "ap_trapezoid": np.where(valid, ap_trap, nan),
+        "inp": np.where(valid, inp, nan),
+        "cmc_hits": hits & valid[:, None],
+        "valid": valid,
+        "num_matches": num_matches.astype(np.int64),
+    }
+
+
+def per_query_metrics(
+    dist_rows: np.ndarray,
+    query_ids,
+    gallery_ids,
+    query_cams,
+    gallery_cams,
+    max_rank: int = 50,
+) -> dict[str, np.ndarray]:
+    """Per-query ranking metrics from distance rows (a chunk of queries x the whole gallery).
+
+    Ranks each row by ascending distance, ties by gallery index (stable sort), then calls
+    :func:`per_query_metrics_from_order`. Chunks of queries can be evaluated independently and
+    concatenated, so a huge gallery never needs the full N x M matrix at once.
+
+    Args:
+        dist_rows: float [n, M] distances of n queries to all M gallery images.
+        query_ids, query_cams: int [n]; gallery_ids, gallery_cams: int [M].
+        max_rank: length of the CMC hit vectors.
+
+    Returns:
+        Same dict as :func:`per_query_metrics_from_order`.
+    """
+    dist_rows = np.asarray(dist_rows)
+    if dist_rows.ndim != 2:
+        raise ValueError(f"distances must be 2-D [n, M], got shape {dist_rows.shape}")
+    order = np.argsort(dist_rows, axis=1, kind="stable")
+    return per_query_metrics_from_order(
+        order, query_ids, gallery_ids, query_cams, gallery_cams, max_rank
+    )
+
+
+def _effective_max_rank(max_rank: int, num_g: int) -> int:
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    if num_g == 0:
+        raise ValueError("the gallery is empty: nothing to rank")
+    if num_g < max_rank:
+        # Same behaviour as torchreid: the CMC is only as long as the gallery.
+        warnings.warn(
+            f"gallery has only {num_g} images; CMC is truncated to max_rank={num_g}",
+            stacklevel=3,
+        )
+        return num_g
+    return max_rank
+
+
+def _summarise(parts: list[dict[str, np.ndarray]], num_q: int, max_rank: int) -> dict:
+    valid = np.concatenate([p["valid"] for p in parts]) if parts else np.zeros(0, bool)
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        raise ValueError(
+            "no valid query: no query identity has a gallery image from another camera "
+            "(after removing same-camera matches and junk -1 images), so CMC/mAP are undefined"
+        )
+    ap = np.concatenate([p["ap"] for p in parts])[valid]
+    ap_trap = np.concatenate([p["ap_trapezoid"] for p in parts])[valid]
+    inp = np.concatenate([p["inp"] for p in parts])[valid]
+    hits = np.concatenate([p["cmc_hits"] for p in parts])[valid][:, :max_rank]
+    cmc = hits.sum(axis=0) / num_valid
+
+    def at(rank: int) -> float:
+        # Galleries shorter than the rank carry the last CMC value (the curve is cumulative).
+        return float(cmc[min(rank, len(cmc)) - 1])
+
+    return {
+        "mAP": float(ap.mean()),
+        "mAP_trapezoid": float(ap_trap.mean()),
+        "mINP": float(inp.mean()),
+        "rank1": at(1),
+        "rank5": at(5),
+        "rank10": at(10),
+        "cmc": [float(v) for v in cmc],
+        "num_valid_queries": num_valid,
+        "num_queries": int(num_q),
+    }
+
+
+def evaluate_ranking(
+    distmat: np.ndarray,
+    query_ids,
+    gallery_ids,
+    query_cams,
+    gallery_cams,
+    max_rank: int = 50,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> dict:
+    """Market-1501 ranking metrics from a dense distance matrix, evaluated in query chunks.
+
+    Args:
+        distmat: float [N, M] query-gallery distances (smaller = more similar).
+        query_ids, query_cams: int [N]; gallery_ids, gallery_cams: int [M]
+            (gallery identity -1 = junk, removed; 0 = distractor, kept as a negative).
+        max_rank: CMC length; a gallery smaller than it truncates the CMC to M (with a
+            warning), as torchreid does.
+        chunk_size: queries argsorted at a time (bounds the int64 [chunk, M] work arrays).
+
+    Returns:
+        JSON-serialisable dict: ``mAP`` (non-interpolated, torchreid), ``mAP_trapezoid``
+        (official MATLAB ``compute_AP.m``), ``mINP``, ``rank1``, ``rank5``, ``rank10``
+        (fractions in [0, 1]; ranks beyond the CMC length carry its last value), ``cmc``
+        (list of floats), ``num_valid_queries``, ``num_queries``.
+
+    Raises:
+        ValueError: bad shapes, or no valid query.
+    """
+    distmat = np.asarray(distmat)
+    if distmat.ndim != 2:
+        raise ValueError(f"distmat must be 2-D [N, M], got shape {distmat.shape}")
+    num_q, num_g = distmat.shape
+    q_ids, g_ids, q_cams, g_cams = _check_labels(
+        num_q, num_g, query_ids, gallery_ids, query_cams, gallery_cams
+    )
+    max_rank = _effective_max_rank(max_rank, num_g)
+    chunk_size = max(1, int(chunk_size))
+    parts = [
+        per_query_metrics(
+            distmat[s:s + chunk_size], q_ids[s:s + chunk_size], g_ids,
+            q_cams[s:s + chunk_size], g_cams, max_rank,
+        )
+        for s in range(0, num_q, chunk_size)
+    ]
+    return _summarise(parts, num_q, max_rank)
+
+
+def evaluate_from_features(
+    query_emb: np.ndarray,
+    gallery_emb: np.ndarray,
+    query_ids,
+    gallery_ids,
+    query_cams,
+    gallery_cams,
+    max_rank: int = 50,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> dict:
+    """Like :func:`evaluate_ranking`, with cosine distances computed chunk by chunk.
+
+    Distance = ``1 - q . g`` in float32, for L2-normalised embeddings (not re-normalised
+    here). Peak memory is about ``chunk_size x M`` float32 distances plus int64 ranks.
+
+    Args:
+        query_emb: float32 [N, D], L2-normalised rows.
+        gallery_emb: float32 [M, D], L2-normalised rows.
+        query_ids, query_cams: int [N]; gallery_ids, gallery_cams: int [M].
+        max_rank, chunk_size: as in :func:`evaluate_ranking`.
+
+    Returns:
+        The same dict as :func:`evaluate_ranking` on the dense cosine distance matrix.
+    """
+    q = np.asarray(query_emb, dtype=np.float32)
+    g = np.asarray(gallery_emb, dtype=np.float32)
+    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
+        raise ValueError(
+            f"embeddings must be [N, D] and [M, D] with the same D, got {q.shape} and {g.shape}"
+        )
+    num_q, num_g = len(q), len(g)
+    q_ids, g_ids, q_cams, g_cams = _check_labels(
+        num_q, num_g, query_ids, gallery_ids, query_cams, gallery_cams
+    )
+    max_rank = _effective_max_rank(max_rank, num_g)
+    chunk_size = max(1, int(chunk_size))
+    g_t = np.ascontiguousarray(g.T)
+    parts = []
+    for s in range(0, num_q, chunk_size):
+        dist = 1.0 - q[s:s + chunk_size] @ g_t
+        parts.append(
+            per_query_metrics(
+                dist, q_ids[s:s + chunk_size], g_ids, q_cams[s:s + chunk_size], g_cams,
+                max_rank,
+            )
+        )
+    return _summarise(parts, num_q, max_rank)
+
+
+def market1501_cmc_map(
+    distmat: np.ndarray,
+    query_ids,
+    gallery_ids,
+    query_cams,
+    gallery_cams,
+    max_rank: int = 50,
+) -> tuple[np.ndarray, float]:
+    """torchreid's ``eval_market1501``: CMC curve and non-interpolated mAP.
+
+    Differences from torchreid, all documented in the module docstring: gallery identity -1
+    is removed for every query; ties are ranked by gallery index; a query whose kept gallery
+    is shorter than ``max_rank`` carries its last CMC value instead of failing.
+
+    Args:
+        distmat: float [N, M] query-gallery distances.
+        query_ids, query_cams: int [N]; gallery_ids, gallery_cams: int [M].
+        max_rank: CMC length; truncated to M (with a warning) when the gallery is smaller.
+
+    Returns:
+        (cmc float64 [min(max_rank, M)], mAP float).
+
+    Raises:
+        ValueError: no valid query (torchreid asserts instead).
+    """
+    result = evaluate_ranking(distmat, query_ids, gallery_ids, query_cams, gallery_cams, max_rank)
+    return np.asarray(result["cmc"], dtype=np.float64), result["mAP"]
+
+
+# --------------------------------------------------------------------------------------
+# Attribute recognition
+# --------------------------------------------------------------------------------------
+
+UNKNOWN = 0
+NO, YES = 1, 2
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num) / float(den) if den > 0 else None
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def _binary_column(t: np.ndarray, p: np.ndarray) -> dict:
+    known = t != UNKNOWN
+    t, p = t[known], p[known]
+    pos, neg = t == YES, t == NO
+    tp = int(np.sum(pos & (p == YES)))
+    tn = int(np.sum(neg & (p == NO)))
+    fp = int(np.sum(neg & (p == YES)))
+    fn = int(np.sum(pos) - tp)  # includes unanswered (0) predictions
+    n_pos, n_neg, n_pred_pos = int(pos.sum()), int(neg.sum()), int(np.sum(p == YES))
+    tpr, tnr = _ratio(tp, n_pos), _ratio(tn, n_neg)
+    if tpr is not None and tnr is not None:
+        balanced = (tpr + tnr) / 2
+    else:
+        # One class absent from the truth: only the defined half can be measured.
+        balanced = tpr if tpr is not None else tnr
+    if n_pred_pos > 0:
+        precision = tp / n_pred_pos
+    else:
+        precision = 0.0 if n_pos > 0 else None
+    return {
+        "count": int(known.sum()),
+        "accuracy": _ratio(tp + tn, len(t)),
+        "mA": balanced,
+        "precision": precision,
+        "recall": tpr,
+        "F1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "positives": n_pos,
+        "negatives": n_neg,
+    }
+
+
+def _multiclass_column(t: np.ndarray, p: np.ndarray, n_classes: int) -> dict:
+    known = t != UNKNOWN
+    t, p = t[known], p[known]
+    recalls, precisions, f1s = [], [], []
+    for c in range(1, n_classes + 1):
+        true_c, pred_c = t == c, p == c
+        if not true_c.any():
+            continue  # macro averages run over the classes present in the truth
+        tp = int(np.sum(true_c & pred_c))
+        recalls.append(tp / int(true_c.sum()))
+        precisions.append(tp / int(pred_c.sum()) if pred_c.any() else 0.0)
+        f1s.append(2 * tp / (int(true_c.sum()) + int(pred_c.sum())))
+    return {
+        "count": int(known.sum()),
+        "accuracy": _ratio(int(np.sum(t == p)), len(t)),
+        "mA": _mean(recalls),
+        "precision": _mean(precisions),
+        "recall": _mean(recalls),
+        "F1": _mean(f1s),
+        "classes_present": len(recalls),
+    }
+
+
+def _instance_metrics(true_cols: np.ndarray, pred_cols: np.ndarray, age_col: int) -> dict:
+    """Example-based metrics over a label set of 26 binary columns + one-hot age (30 labels)."""
+    binary = [i for i in range(true_cols.shape[1]) if i != age_col]
+    t_bin, p_bin = true_cols[:, binary], pred_cols[:, binary]
+    known_bin = t_bin != UNKNOWN
+    t_age, p_age = true_cols[:, age_col], pred_cols[:, age_col]
+    classes = np.arange(1, len(AGE_CLASSES) + 1)
+    known_age = np.repeat((t_age != UNKNOWN)[:, None], len(classes), axis=1)
+    t_lab = np.concatenate([(t_bin == YES) & known_bin, (t_age[:, None] == classes)], axis=1)
+    p_lab = np.concatenate(
+        [(p_bin == YES) & known_bin, (p_age[:, None] == classes) & known_age], axis=1
+    )
+    inter = np.sum(t_lab & p_lab, axis=1).astype(np.float64)
+    union = np.sum(t_lab | p_lab, axis=1)
+    n_true, n_pred = t_lab.sum(axis=1), p_lab.sum(axis=1)
+
+    def safe(num, den):
+        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+    acc, prec, rec = safe(inter, union), safe(inter, n_pred), safe(inter, n_true)
+    f1 = safe(2 * prec * rec, prec + rec)
+    if len(inter) == 0:
+        return {k: None for k in ("accuracy", "precision", "recall", "F1")}
+    return {
+        "accuracy": float(acc.mean()),
+        "precision": float(prec.mean()),
+        "recall": float(rec.mean()),
+        "F1": float(f1.mean()),
+    }
+
+
+def attribute_metrics(
+    true_columns: np.ndarray,
+    pred_columns: np.ndarray,
+    names: Sequence[str] = COLUMNS,
+) -> dict:
+    """Attribute-recognition metrics on annotation-encoded columns.
+
+    Encoding (as the annotation files): binary columns 1 = no, 2 = yes; ``age`` 1-4.
+    ``0`` means unknown. Entries whose **truth** is 0 are ignored for that column (and left
+    out of the instance label sets). A **prediction** of 0 on a known truth counts as no answer:
+    it is wrong for accuracy, and for a binary column it is neither a predicted positive nor a
+    predicted negative (so it lowers both TPR and TNR).
+
+    Per column (a dict under ``per_attribute[name]``):
+
+    * ``accuracy``: fraction of known entries predicted exactly.
+    * ``mA``: label-based balanced accuracy (Li et al., PETA/RAP): binary ``(TPR + TNR) / 2``
+      with positive = 2. When the truth has no positives (or no negatives) only the defined
+      half is used (``TNR`` or ``TPR``). For ``age``: mean per-class recall over the classes
+      present in the truth.
+    * ``precision``, ``recall``, ``F1`` of the positive class (2). Age: macro averages over
+      the classes present in the truth (a present class never predicted has precision 0).
+      For binary columns ``recall`` is None without true positives, ``precision`` is None when
+      nothing is predicted positive and the truth has no positive (0 if it has some), and
+      ``F1 = 2TP / (2TP + FP + FN)`` is None when that denominator is 0.
+    * ``count``: known entries; binary columns add ``positives``/``negatives``, age adds
+      ``classes_present``.
+
+    Undefined values are None (JSON null) and are skipped by the overall means.
+
+    Overall: ``mean_accuracy``, ``mA``, ``mean_F1``, ``mean_precision``, ``mean_recall``: means
+    over the columns. ``instance``: example-based ``accuracy`` = |Y n P| / |Y u P|,
+    ``precision`` = |Y n P| / |P|, ``recall`` = |Y n P| / |Y| and per-example ``F1``, each
+    averaged over the examples, where Y/P are an example's true/predicted positive labels
+    among the 26 binary columns plus age one-hot (30 labels); a ratio with an empty
+    denominator counts as 0 for that example (Jia et al.'s PAR baseline convention).
+
+    Args:
+        true_columns: int [N, C] in ``names`` order (C = 27 for ``COLUMNS``).
+        pred_columns: int [N, C], same encoding.
+        names: column names; the one named ``age`` is 4-class, all others binary.
+
+    Returns:
+        JSON-serialisable dict (python floats, ints, None).
+
+    Raises:
+        ValueError: shape mismatch or a value outside the encoding.
+    """
+    t = np.asarray(true_columns)
+    p = np.asarray(pred_columns)
+    names = tuple(names)
+    if t.ndim != 2 or t.shape != p.shape or t.shape[1] != len(names):
+        raise ValueError(
+            f"expected true and predicted columns of shape [N, {len(names)}], "
+            f"got {t.shape} and {p.shape}"
+        )
+    t, p = t.astype(np.int64), p.astype(np.int64)
+    age_col = names.index("age") if "age" in names else -1
+    per_attribute = {}
+    for i, name in enumerate(names):
+        allowed = np.arange(0, len(AGE_CLASSES) + 1) if i == age_col else np.array([0, 1, 2])
+        for which, arr in (("true", t), ("predicted", p)):
+            bad = ~np.isin(arr[:, i], allowed)
+            if bad.any():
+                raise ValueError(
+                    f"{which} column {name!r} has value {int(arr[:, i][bad][0])}; "
+                    f"allowed: {allowed.tolist()} (0 = unknown)"
+                )
+        if i == age_col:
+            per_attribute[name] = _multiclass_column(t[:, i], p[:, i], len(AGE_CLASSES))
+        else:
+            per_attribute[name] = _binary_column(t[:, i], p[:, i])
+
+    cols = list(per_attribute.values())
+    out = {
+        "mean_accuracy": _mean([c["accuracy"] for c in cols]),
+        "mA": _mean([c["mA"] for c in cols]),
+        "mean_F1": _mean([c["F1"] for c in cols]),
+        "mean_precision": _mean([c["precision"] for c in cols]),
+        "mean_recall": _mean([c["recall"] for c in cols]),
+        "num_examples": int(t.shape[0]),
+        "per_attribute": per_attribute,
+    }
+    if age_col >= 0:
+        out["instance"] = _instance_metrics(t, p, age_col)
+    else:
+        out["instance"] = _instance_metrics_binary_only(t, p)
+    return out
+
+
+def _instance_metrics_binary_only(t: np.ndarray, p: np.ndarray) -> dict:
+    # Reuse the general routine with a dummy all-unknown age column.
+    pad = np.zeros((t.shape[0], 1), dtype=t.dtype)
+    return _instance_metrics(np.hstack([pad, t]), np.hstack([pad, p]), 0)

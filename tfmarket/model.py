@@ -1,0 +1,126 @@
+"""Backbone + BNNeck + ID head + one head per attribute, with dict outputs.
+
+Training model (``build_model``), input float32 [B, H, W, 3] pixel values in [0, 255]:
+
+* ``features``  [B, D]  pooled feature before the BN neck (batch-hard triplet loss).
+* ``embedding`` [B, D]  L2-normalised feature after the BN neck (ranking).
+* ``id``        [B, num_ids] identity logits (label-smoothed softmax loss).
+* one logits output per attribute head (:data:`tfmarket.attributes.HEADS`): ``age`` [B, 4],
+  binary heads [B, 1], ``upper_color`` [B, 9], ``lower_color`` [B, 10].
+
+Inference model (``build_inference_model``): uint8 [B, H, W, 3] -> ``embedding`` and every
+attribute's probabilities (softmax / sigmoid). This is what export writes.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tfmarket.attributes import HEADS
+from tfmarket.layers import GeMPooling, L2Normalize, Normalize
+
+BACKBONES = ("resnet50", "tiny")
+POOLINGS = ("avg", "gem")
+
+
+def _resnet50(input_shape, weights: str | None, last_stride: int) -> keras.Model:
+    """Keras ResNet50 feature extractor [B, H, W, 3] -> [B, H/32, W/32, 2048] (/16 if stride 1).
+
+    ``weights``: "imagenet", None, or a path to a weights file for ResNet50(include_top=False).
+    """
+    base = keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape)
+    if last_stride == 2:
+        return base
+    # BoT's last-stride trick: stride 1 in the first block of stage 5 (both the main path and
+    # the projection shortcut). Rebuilding from the edited config keeps all weight shapes.
+    config = base.get_config()
+    for layer in config["layers"]:
+        if layer["config"]["name"] in ("conv5_block1_1_conv", "conv5_block1_0_conv"):
+            layer["config"]["strides"] = (last_stride, last_stride)
+    model = keras.Model.from_config(config)
+    model.set_weights(base.get_weights())
+    return model
+
+
+def _tiny_backbone(input_shape) -> keras.Model:
+    """Three conv stages (32/64/128 filters) for tests: [B, H, W, 3] -> [B, H/8, W/8, 128]."""
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for i, filters in enumerate((32, 64, 128)):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False,
+                                name=f"tiny_conv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"tiny_bn{i}")(x)
+        x = keras.layers.ReLU(name=f"tiny_relu{i}")(x)
+    return keras.Model(inputs, x, name="tiny_backbone")
+
+
+def build_backbone(name: str, input_shape, weights: str | None = None, last_stride: int = 1):
+    """Returns (feature-map model, normalisation mode its weights expect)."""
+    if name == "resnet50":
+        return _resnet50(input_shape, weights, last_stride), "caffe"
+    if name == "tiny":
+        if weights not in (None, "", "none"):
+            raise ValueError("the tiny backbone has no pretrained weights; use weights: none")
+        return _tiny_backbone(input_shape), "torch"
+    raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(BACKBONES)}")
+
+
+def build_model(
+    num_ids: int,
+    *,
+    height: int = 256,
+    width: int = 128,
+    backbone: str = "resnet50",
+    weights: str | None = None,
+    last_stride: int = 1,
+    pooling: str = "avg",
+    embedding_dim: int = 0,
+    dropout: float = 0.0,
+) -> keras.Model:
+    """The training model; see the module docstring for outputs."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
+    if weights in ("", "none", "None"):
+        weights = None
+    images = keras.Input((height, width, 3), name="image")
+    trunk, mode = build_backbone(backbone, (height, width, 3), weights, last_stride)
+    x = Normalize(mode, name="normalize")(images)
+    x = trunk(x)
+    if pooling == "gem":
+        features = GeMPooling(name="gem_pool")(x)
+    else:
+        features = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if embedding_dim:
+        features = keras.layers.Dense(embedding_dim, name="reduce")(features)
+    # Triplet loss sees the feature before BN, everything else the one after (BNNeck,
+    # Luo et al. 2019); the neck has no shift so the classifier acts on a centred feature.
+    features = keras.layers.Activation("linear", dtype="float32", name="features")(features)
+    neck = keras.layers.BatchNormalization(center=False, name="bnneck")(features)
+    outputs = {
+        "features": features,
+        "embedding": L2Normalize(name="embedding")(neck),
+        "id": keras.layers.Dense(num_ids, use_bias=False, dtype="float32", name="id")(neck),
+    }
+    head_input = keras.layers.Dropout(dropout, name="head_dropout")(neck) if dropout else neck
+    for head, n_classes in HEADS.items():
+        outputs[head] = keras.layers.Dense(n_classes, dtype="float32", name=head)(head_input)
+    return keras.Model(images, outputs, name=f"tfmarket_{backbone}")
+
+
+def build_inference_model(model: keras.Model) -> keras.Model:
+    """uint8 [B, H, W, 3] -> {"embedding": [B, D], head: probabilities} for serving.
+
+    Softmax heads give [B, C] class probabilities, binary heads [B, 1] P(yes).
+    """
+    height, width = model.input_shape[1:3]
+    images = keras.Input((height, width, 3), dtype="uint8", name="image")
+    x = keras.layers.Activation("linear", dtype="float32", name="to_float")(
+        keras.ops.cast(images, "float32")
+    )
+    raw = model(x)
+    outputs = {"embedding": keras.layers.Identity(name="embedding_out")(raw["embedding"])}
+    for head, n_classes in HEADS.items():
+        act = "sigmoid" if n_classes == 1 else "softmax"
+        prob = keras.layers.Activation(act, dtype="float32", name=f"{head}_prob")(raw[head])
+        outputs[head] = prob
+    return keras.Model(images, outputs, name="tfmarket_inference")

@@ -1,0 +1,73 @@
+"""The one preprocessing path shared by training, export and ranking (no train/serve skew).
+
+bytes --decode_image--> uint8 [h, w, 3] --resize_image--> uint8 [H, W, 3]
+      --(inside the model: ``normalize``)--> float [H, W, 3] ImageNet-normalised.
+
+Training feeds the model float32 pixel values in [0, 255]; the exported serving graph takes
+uint8 [B, H, W, 3] and casts; both then go through the same ``normalize`` layer in the model.
+"""
+
+from __future__ import annotations
+
+# ImageNet statistics in 0-255 units (what keras.applications weights expect after "torch"
+# style preprocessing); kept in one place for the model and for random-erasing fill values.
+MEAN_RGB = (123.675, 116.28, 103.53)
+STD_RGB = (58.395, 57.12, 57.375)
+
+
+def decode_image(image_bytes):
+    """JPEG/PNG/BMP/GIF bytes -> uint8 [h, w, 3]; grayscale is expanded to three channels."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def resize_image(image, height: int, width: int):
+    """uint8 [h, w, 3] -> uint8 [height, width, 3], bilinear; a no-op when already that size."""
+    import tensorflow as tf
+
+    shape = tf.shape(image)
+
+    def _resize():
+        resized = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+    same = tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width))
+    out = tf.cond(same, lambda: tf.identity(image), _resize)
+    out.set_shape([height, width, 3])
+    return out
+
+
+def load_image(path, height: int, width: int):
+    """Image file path (string tensor) -> uint8 [height, width, 3]."""
+    import tensorflow as tf
+
+    return resize_image(decode_image(tf.io.read_file(path)), height, width)
+
+
+def normalize(images):
+    """float [..., 3] pixel values in [0, 255] -> ImageNet-normalised float (same dtype)."""
+    from keras import ops
+
+    mean = ops.cast(ops.convert_to_tensor(MEAN_RGB), images.dtype)
+    std = ops.cast(ops.convert_to_tensor(STD_RGB), images.dtype)
+    return (images - mean) / std
+
+
+def load_images_numpy(paths, height: int, width: int, threads: int = 2):
+    """Decodes files with the same TF ops into uint8 [N, height, width, 3] (for ranking).
+
+    Runs through tf.data so decoding is parallel; errors name the file (see ``check_images``).
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
+    ds = ds.map(lambda p: load_image(p, height, width), num_parallel_calls=threads)
+    ds = ds.batch(256)
+    arrays = [batch.numpy() for batch in ds]
+    if not arrays:
+        return np.zeros((0, height, width, 3), np.uint8)
+    return np.concatenate(arrays)

@@ -1,0 +1,264 @@
+"""``python -m tfmarket.rank``: rank a gallery for each query with an exported ONNX model.
+
+    python -m tfmarket.rank --model exports/NAME/model.onnx --data ROOT --out DIR
+    python -m tfmarket.rank --model exports/NAME/model.onnx --query DIR --gallery DIR --out DIR
+
+``--data`` takes either Market-1501 layout: the original one (query/ vs bounding_box_test/,
+labelled, so it is evaluated) or the course one (queries/ vs test/; evaluated only when a
+``synthetic_truth.csv`` with labels sits beside them, as in generated data).
+
+Writes into ``--out``: ``reid_test.txt`` (top-k per query, best first),
+``classification_test.csv`` (27 attributes of every gallery image), ``embeddings.npz``, and
+when labels are known ``metrics.json`` (mAP both conventions, mINP, CMC; attribute accuracy,
+mA, F1). ``--visualize N`` adds an HTML report with N queries and a CMC plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tfmarket.errors import DataError, TfmarketError
+
+SEARCHES = ("exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tfmarket.rank", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="exported model.onnx")
+    parser.add_argument("--data", help="dataset root in either Market-1501 layout")
+    parser.add_argument("--query", help="folder of query images (with --gallery)")
+    parser.add_argument("--gallery", help="folder of gallery images (with --query)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--topk", type=int, default=100, help="results per query (default 100)")
+    parser.add_argument("--rerank", action="store_true",
+                        help="k-reciprocal re-ranking (Zhong et al. 2017)")
+    parser.add_argument("--k1", type=int, default=20)
+    parser.add_argument("--k2", type=int, default=6)
+    parser.add_argument("--lambda-value", type=float, default=0.3)
+    parser.add_argument("--search", default="exact", choices=SEARCHES,
+                        help="exact chunked cosine search, or a faiss index for huge galleries")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = all)")
+    parser.add_argument("--visualize", type=int, default=0, metavar="N",
+                        help="write an HTML report of N queries (and a CMC plot)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = rank(args)
+    except TfmarketError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _folder_records(folder: str):
+    """Images of a plain folder; labelled when every name follows a Market-1501 pattern."""
+    from tfmarket.attributes import COLUMNS
+    from tfmarket.data.filenames import JUNK_ID, list_images, parse_course_train, parse_original
+    from tfmarket.data.market1501 import Records
+
+    paths = list_images(folder)
+    labels = None
+    for parse in (parse_original, parse_course_train):
+        try:
+            labels = [parse(p) for p in paths]
+            break
+        except DataError:
+            continue
+    n = len(paths)
+    if labels is None:
+        return Records([str(p) for p in paths], np.full(n, -1), np.full(n, -1),
+                       np.zeros((n, len(COLUMNS)), np.int64), labelled=False)
+    keep = [i for i, (pid, _) in enumerate(labels) if pid != JUNK_ID]
+    return Records([str(paths[i]) for i in keep],
+                   np.array([labels[i][0] for i in keep], np.int64),
+                   np.array([labels[i][1] for i in keep], np.int64),
+                   np.zeros((len(keep), len(COLUMNS)), np.int64), labelled=True)
+
+
+def _attach_truth(root: Path, records, split: str):
+    """Labels for course-layout folders from ``synthetic_truth.csv`` (generated data only)."""
+    import pandas as pd
+
+    from tfmarket.attributes import COLUMNS
+
+    truth_file = root / "synthetic_truth.csv"
+    if not truth_file.is_file():
+        return records
+    frame = pd.read_csv(truth_file, dtype={"file": str})
+    frame = frame[frame["split"] == split].set_index("file")
+    names = [Path(p).name for p in records.paths]
+    missing = [n for n in names if n not in frame.index]
+    if missing:
+        raise DataError(f"{truth_file}: no labels for {missing[0]} ({len(missing)} missing)")
+    rows = frame.loc[names]
+    records.pids = rows["id"].to_numpy(np.int64)
+    records.cams = rows["camera"].to_numpy(np.int64)
+    records.attributes = rows[list(COLUMNS)].to_numpy(np.int64)
+    records.labelled = True
+    return records
+
+
+def load_inputs(args):
+    """-> (query Records, gallery Records, description)."""
+    from tfmarket.data.market1501 import load_dataset
+
+    if args.data and (args.query or args.gallery):
+        raise TfmarketError("give either --data or --query/--gallery, not both")
+    if args.data:
+        dataset = load_dataset(args.data)
+        query, gallery = dataset.query, dataset.gallery
+        if dataset.layout == "course":
+            query = _attach_truth(dataset.root, query, "queries")
+            gallery = _attach_truth(dataset.root, gallery, "test")
+        if len(query) == 0:
+            raise DataError(f"{args.data}: no query images")
+        return query, gallery, f"{dataset.layout} layout at {dataset.root}"
+    if not (args.query and args.gallery):
+        raise TfmarketError("give --data ROOT, or both --query DIR and --gallery DIR")
+    return _folder_records(args.query), _folder_records(args.gallery), "folders"
+
+
+def rank(args) -> dict:
+    from tfmarket.attributes import COLUMNS, HEADS, probabilities_to_targets, targets_to_columns
+    from tfmarket.data.check import require_readable
+    from tfmarket.embed import OnnxEmbedder
+    from tfmarket.submission import write_classification, write_reid
+
+    out = Path(args.out)
+    query, gallery, source = load_inputs(args)
+    require_readable(query.paths + gallery.paths)
+    embedder = OnnxEmbedder(args.model, threads=args.threads)
+    out.mkdir(parents=True, exist_ok=True)
+
+    start = time.time()
+    q_out = embedder.embed_files(query.paths, args.batch_size, f"embedding {len(query)} queries")
+    g_out = embedder.embed_files(gallery.paths, args.batch_size,
+                                 f"embedding {len(gallery)} gallery images")
+    embed_seconds = time.time() - start
+    topk = min(args.topk, len(gallery))
+
+    start = time.time()
+    distmat = None
+    if args.rerank:
+        from tfmarket.rerank import k_reciprocal_rerank
+        from tfmarket.search import topk_from_distances
+
+        distmat = k_reciprocal_rerank(q_out["embedding"], g_out["embedding"], k1=args.k1,
+                                      k2=args.k2, lambda_value=args.lambda_value)
+        indices, _ = topk_from_distances(distmat, topk)
+    elif args.search == "exact":
+        from tfmarket.search import cosine_topk
+
+        indices, _ = cosine_topk(q_out["embedding"], g_out["embedding"], topk)
+    else:
+        from tfmarket.search import build_faiss_index, faiss_topk
+
+        index = build_faiss_index(g_out["embedding"], kind=args.search.split("-", 1)[1])
+        indices, _ = faiss_topk(index, q_out["embedding"], topk)
+    rank_seconds = time.time() - start
+
+    q_names = [Path(p).name for p in query.paths]
+    g_names = [Path(p).name for p in gallery.paths]
+    write_reid(out / "reid_test.txt", q_names, g_names, indices)
+    g_columns = targets_to_columns(probabilities_to_targets({h: g_out[h] for h in HEADS}))
+    write_classification(out / "classification_test.csv", g_names, g_columns)
+    q_columns = targets_to_columns(probabilities_to_targets({h: q_out[h] for h in HEADS}))
+    np.savez_compressed(
+        out / "embeddings.npz",
+        query_files=np.array(query.paths), gallery_files=np.array(gallery.paths),
+        query_embedding=q_out["embedding"], gallery_embedding=g_out["embedding"],
+        query_attributes=q_columns, gallery_attributes=g_columns,
+        **{f"query_prob_{h}": q_out[h] for h in HEADS},
+        **{f"gallery_prob_{h}": g_out[h] for h in HEADS},
+    )
+    summary = {
+        "source": source, "model": str(args.model), "providers": embedder.providers,
+        "queries": len(query), "gallery": len(gallery), "topk": topk,
+        "rerank": bool(args.rerank), "search": "rerank" if args.rerank else args.search,
+        "embed_seconds": round(embed_seconds, 2),
+        "images_per_second": round((len(query) + len(gallery)) / max(embed_seconds, 1e-9), 1),
+        "rank_seconds": round(rank_seconds, 2),
+        "files": ["reid_test.txt", "classification_test.csv", "embeddings.npz"],
+    }
+    metrics = None
+    if query.labelled and gallery.labelled:
+        metrics = evaluate(query, gallery, q_out, g_out, q_columns, g_columns, distmat, COLUMNS)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        summary["files"].append("metrics.json")
+        summary["metrics"] = {k: metrics["reid"][k] for k in
+                              ("mAP", "mAP_trapezoid", "mINP", "rank1", "rank5", "rank10")}
+        if "attributes" in metrics:
+            summary["metrics"].update(attr_mA=metrics["attributes"]["mA"],
+                                      attr_accuracy=metrics["attributes"]["mean_accuracy"])
+    if args.visualize:
+        summary["visualization"] = visualize(out, query, gallery, indices, q_columns, metrics,
+                                             args.visualize)
+    return summary
+
+
+def evaluate(query, gallery, q_out, g_out, q_columns, g_columns, distmat, columns) -> dict:
+    """Market-1501 protocol on the ranking; attribute metrics on images with labels."""
+    from tfmarket.metrics import attribute_metrics, evaluate_from_features, evaluate_ranking
+
+    ids = (query.pids, gallery.pids, query.cams, gallery.cams)
+    if distmat is not None:
+        reid = evaluate_ranking(distmat, *ids)
+    else:
+        reid = evaluate_from_features(q_out["embedding"], g_out["embedding"], *ids)
+    result = {"reid": reid, "protocol": (
+        "Market-1501: gallery images of the query's identity from the query's camera and junk "
+        "(-1) ignored, distractors (0) are negatives; mAP = non-interpolated AP (torchreid), "
+        "mAP_trapezoid = official MATLAB code")}
+    truth = np.concatenate([query.attributes, gallery.attributes])
+    known = (truth > 0).all(axis=1)
+    if known.any():
+        predicted = np.concatenate([q_columns, g_columns])[known]
+        result["attributes"] = attribute_metrics(truth[known], predicted, columns)
+    return result
+
+
+def _attribute_text(row) -> str:
+    from tfmarket.attributes import AGE_CLASSES, COLUMNS, LOWER_COLORS, UPPER_COLORS
+
+    values = dict(zip(COLUMNS, row, strict=True))
+    words = ["female" if values["gender"] == 2 else "male", AGE_CLASSES[values["age"] - 1]]
+    words += [n for n in ("backpack", "bag", "handbag", "hat") if values[n] == 2]
+    up = [c for c in UPPER_COLORS if values["up" + c] == 2]
+    down = [c for c in LOWER_COLORS if values["down" + c] == 2]
+    words.append(f"upper: {up[0] if up else '?'}")
+    words.append(f"lower: {down[0] if down else '?'}")
+    return ", ".join(words)
+
+
+def visualize(out, query, gallery, indices, q_columns, metrics, count: int) -> dict:
+    from tfmarket.visualize import write_ranking_report
+
+    correct = None
+    if metrics is not None:
+        g_pids, g_cams = gallery.pids, gallery.cams
+        safe = np.maximum(indices, 0)
+        same = g_pids[safe] == query.pids[:, None]
+        ignored = (same & (g_cams[safe] == query.cams[:, None])) | (g_pids[safe] == -1)
+        correct = np.where(ignored, -1, same.astype(int))
+    return write_ranking_report(
+        out, query.paths, gallery.paths, indices, correct=correct,
+        query_attributes=[_attribute_text(r) for r in q_columns], num_queries=count,
+        topk=min(10, indices.shape[1]),
+        cmc=metrics["reid"]["cmc"] if metrics else None,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

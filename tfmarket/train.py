@@ -1,0 +1,356 @@
+"""``python -m tfmarket.train``: joint attribute + re-ID training.
+
+    python -m tfmarket.train --config configs/demo.yaml --workdir runs/demo [--set k=v ...]
+
+Resume: rerunning the same command continues from the last finished epoch (Keras
+``BackupAndRestore`` in ``WORKDIR/backup``, written at every epoch end, survives ``kill -9``).
+A finished run is not retrained: the command says so and exits; ``--restart`` wipes the run
+directory's training state and starts again.
+
+Run directory: ``config.yaml`` (resolved), ``backup/`` (resume state), ``tensorboard/``
+(train + validation events), ``best.keras`` (best validation mAP), ``model.keras`` (final),
+``history.csv``, ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from tfmarket.errors import TfmarketError
+
+DONE_MARKER = "metrics.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tfmarket.train", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML config (see configs/)")
+    parser.add_argument("--workdir", required=True, help="run directory")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="config override, e.g. train.epochs=2")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard the run directory's previous training state")
+    parser.add_argument("--cpu-replicas", type=int, default=0,
+                        help="split the CPU into N logical devices (tests of multi-replica code)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from tfmarket.config import load_config
+
+        config = load_config(args.config, args.overrides)
+        result = run(config, Path(args.workdir), restart=args.restart,
+                     cpu_replicas=args.cpu_replicas)
+    except TfmarketError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if result.get("status") == "already complete":
+        print(f"{args.workdir}: training already complete (see {DONE_MARKER}); "
+              "use --restart to train again")
+    return 0
+
+
+def prepare_data(config, workdir: Path):
+    """Reads (or generates) the dataset and carves the validation split.
+
+    Returns (dataset, train_records, val_query, val_gallery).
+    """
+    from tfmarket.data.check import require_readable
+    from tfmarket.data.market1501 import load_dataset
+    from tfmarket.data.split import default_val_ids, split_validation
+
+    data = config.data
+    root = data.root
+    if not root:
+        from tfmarket.data.synthetic import write_synthetic
+
+        root = workdir / "synthetic"
+        if not root.is_dir():
+            write_synthetic(root, layout="course", num_train_ids=data.synth_train_ids,
+                            num_test_ids=data.synth_test_ids,
+                            images_per_id=data.synth_images_per_id, seed=data.seed)
+    dataset = load_dataset(root, data.layout)
+    require_readable(dataset.train.paths)
+    num_ids = len(set(dataset.train.pids.tolist()))
+    val_ids = data.val_ids if data.val_ids > 0 else default_val_ids(num_ids)
+    train, val_query, val_gallery = split_validation(dataset.train, val_ids, data.seed)
+    return dataset, train, val_query, val_gallery
+
+
+def attribute_targets(records):
+    """Per-head int32 targets [N]; -1 where the image's identity has no annotation."""
+    import numpy as np
+
+    from tfmarket.attributes import HEADS, columns_to_targets
+
+    known = records.has_attributes
+    targets = {h: np.full(len(records), -1, np.int32) for h in HEADS}
+    if known.any():
+        for head, values in columns_to_targets(records.attributes[known]).items():
+            targets[head][known] = values
+    return targets
+
+
+def build_losses(config, targets):
+    """Loss and loss-weight dicts keyed by model output name."""
+    from tfmarket.attributes import HEADS
+    from tfmarket.losses import (
+        BinaryLoss,
+        SoftmaxLoss,
+        TripletLoss,
+        binary_weights,
+        softmax_class_weights,
+    )
+
+    loss_cfg = config.loss
+    losses = {
+        "id": SoftmaxLoss(loss_cfg.label_smoothing, name="id_loss"),
+        "features": TripletLoss(loss_cfg.margin, loss_cfg.soft_margin, name="triplet_loss"),
+    }
+    weights = {"id": loss_cfg.id_weight, "features": loss_cfg.triplet_weight}
+    per_head = loss_cfg.attribute_weight / len(HEADS)
+    for head, n_classes in HEADS.items():
+        if n_classes == 1:
+            pos, neg = binary_weights(targets[head]) if loss_cfg.balance_attributes else (1, 1)
+            losses[head] = BinaryLoss(pos, neg, name=f"{head}_loss")
+        else:
+            cw = softmax_class_weights(targets[head], n_classes) if loss_cfg.balance_attributes \
+                else None
+            losses[head] = SoftmaxLoss(0.0, cw, name=f"{head}_loss")
+        weights[head] = per_head
+    return losses, weights
+
+
+def build_metrics():
+    import keras
+
+    from tfmarket.attributes import HEADS
+
+    metrics = {"id": [keras.metrics.SparseCategoricalAccuracy(name="acc")]}
+    for head, n_classes in HEADS.items():
+        metrics[head] = [
+            keras.metrics.BinaryAccuracy(name="acc", threshold=0.0) if n_classes == 1
+            else keras.metrics.SparseCategoricalAccuracy(name="acc")
+        ]
+    return metrics
+
+
+def build_optimizer(train_cfg, steps_per_epoch: int):
+    import keras
+
+    from tfmarket.schedules import WarmupSchedule
+
+    schedule = WarmupSchedule(
+        train_cfg.learning_rate,
+        total_steps=train_cfg.epochs * steps_per_epoch,
+        warmup_steps=train_cfg.warmup_epochs * steps_per_epoch,
+        kind=train_cfg.schedule,
+        decay_steps=[e * steps_per_epoch for e in train_cfg.decay_epochs],
+        decay_factor=train_cfg.decay_factor,
+    )
+    if train_cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=train_cfg.weight_decay)
+    if train_cfg.optimizer == "adam":
+        # Classic Adam with L2 folded into the update, as BoT trains.
+        return keras.optimizers.Adam(schedule)
+    if train_cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True,
+                                    weight_decay=train_cfg.weight_decay)
+    raise TfmarketError(f"unknown optimizer {train_cfg.optimizer!r}; valid: adam, adamw, sgd")
+
+
+class _LearningRateLogger:
+    """Adds the current learning rate to the epoch logs (so TensorBoard plots it)."""
+
+    def __new__(cls):
+        import keras
+
+        class LearningRateLogger(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if logs is not None:
+                    logs["learning_rate"] = float(
+                        keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+                    )
+
+        return LearningRateLogger()
+
+
+class _Throughput:
+    """Measures training images/s per epoch (excluding validation)."""
+
+    def __new__(cls, batch_size: int):
+        import keras
+
+        class Throughput(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.rates: list[float] = []
+                self.seconds: list[float] = []
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.start = time.time()
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.last_batch = batch
+
+            def on_epoch_end(self, epoch, logs=None):
+                seconds = time.time() - self.start
+                steps = self.params.get("steps") or (self.last_batch + 1)
+                self.seconds.append(seconds)
+                self.rates.append(steps * batch_size / max(seconds, 1e-9))
+                if logs is not None:
+                    logs["images_per_second"] = self.rates[-1]
+
+        return Throughput()
+
+
+def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) -> dict:
+    """Trains per ``config`` into ``workdir``; returns the metrics dict (also in metrics.json)."""
+    workdir = Path(workdir)
+    if restart and workdir.exists():
+        for name in ("backup", "tensorboard", "best.keras", "model.keras", "history.csv",
+                     DONE_MARKER):
+            target = workdir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    if (workdir / DONE_MARKER).is_file():
+        return {"status": "already complete"}
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tfmarket.config import save_config
+    from tfmarket.data.pipeline import train_dataset
+    from tfmarket.data.split import relabel
+    from tfmarket.distribute import choose_strategy, is_chief, resolve_precision
+    from tfmarket.evaluation import ValidationCallback
+    from tfmarket.model import build_model
+
+    strategy = choose_strategy(cpu_replicas)
+    chief = is_chief(strategy)
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_config(config, workdir / "config.yaml")
+    keras.utils.set_random_seed(config.train.seed)
+
+    dataset, train, val_query, val_gallery = prepare_data(config, workdir)
+    labels, identities = relabel(train.pids)
+    targets = attribute_targets(train)
+
+    precision = resolve_precision(config.train.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    replicas = strategy.num_replicas_in_sync
+    data = config.data
+    p = data.ids_per_batch * replicas  # P per replica: each replica gets whole identities
+    batch = p * data.images_per_id
+    steps = config.train.steps_per_epoch or max(1, len(train) // batch)
+
+    ds = train_dataset(
+        train.paths, labels, targets, height=data.height, width=data.width, p=p,
+        k=data.images_per_id, seed=data.seed, pad=data.pad, flip=data.flip,
+        erase_prob=data.erase_prob, cache_bytes=data.cache,
+    )
+    ds = ds.map(lambda x, y: (x, _model_targets(y)))
+    options = tf.data.Options()
+    # Batches are already laid out replica by replica; sharding by data would break them up.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    ds = ds.with_options(options)
+
+    model_cfg = config.model
+    with strategy.scope():
+        model = build_model(
+            len(identities), height=data.height, width=data.width,
+            backbone=model_cfg.backbone, weights=model_cfg.weights or None,
+            last_stride=model_cfg.last_stride, pooling=model_cfg.pooling,
+            embedding_dim=model_cfg.embedding_dim, dropout=model_cfg.dropout,
+        )
+        losses, loss_weights = build_losses(config, targets)
+        model.compile(
+            optimizer=build_optimizer(config.train, steps),
+            loss=losses, loss_weights=loss_weights, metrics=build_metrics(),
+            jit_compile=config.train.jit_compile,
+        )
+
+    out_dir = workdir if chief else Path(tf.io.gfile.mkdtemp())
+    throughput = _Throughput(batch)
+    callbacks = [keras.callbacks.BackupAndRestore(str(out_dir / "backup")), throughput]
+    validation = None
+    has_val = len(val_query) > 0 and config.train.eval_every > 0
+    if has_val:
+        validation = ValidationCallback(val_query, val_gallery, data.height, data.width,
+                                        every=config.train.eval_every,
+                                        log_dir=str(out_dir / "tensorboard"))
+        callbacks.append(validation)
+    callbacks += [
+        _LearningRateLogger(),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), update_freq="epoch"),
+    ]
+    if has_val:
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            str(out_dir / "best.keras"), monitor="val_mAP", mode="max", save_best_only=True))
+    if config.train.early_stopping_patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_mAP" if has_val else "loss", mode="max" if has_val else "min",
+            patience=config.train.early_stopping_patience, restore_best_weights=False))
+
+    start = time.time()
+    history = model.fit(ds, epochs=config.train.epochs, steps_per_epoch=steps,
+                        callbacks=callbacks, verbose=2 if not sys.stdout.isatty() else 1)
+    seconds = time.time() - start
+    if not np.isfinite(history.history.get("loss", [0.0])[-1]):
+        raise TfmarketError("training stopped: the loss became NaN (see history.csv)")
+
+    model.save(out_dir / "model.keras")
+    metrics = {
+        "status": "complete",
+        "epochs_run": len(history.history.get("loss", [])),
+        "train_images": len(train),
+        "train_identities": int(len(identities)),
+        "identities": identities.tolist(),
+        "val_query_images": len(val_query),
+        "val_gallery_images": len(val_gallery),
+        "replicas": replicas,
+        "precision": precision,
+        "global_batch": batch,
+        "steps_per_epoch": steps,
+        "train_seconds_this_session": seconds,
+        "images_per_second": throughput.rates,
+        "final_train_loss": float(history.history["loss"][-1]),
+        "validation": validation.last if validation else None,
+        "best_val_mAP": max((h["mAP"] for h in validation.history), default=None)
+        if validation else None,
+    }
+    if chief:
+        (workdir / DONE_MARKER).write_text(json.dumps(metrics, indent=2, default=float))
+    else:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return metrics
+
+
+def _model_targets(y):
+    """Pipeline targets -> one entry per model output that has a loss."""
+
+    from tfmarket.attributes import HEADS
+
+    # Keras matches targets to every output by name, also those without a loss.
+    out = {"id": y["id"], "features": y["id"], "embedding": y["id"]}
+    for head, n_classes in HEADS.items():
+        out[head] = y[head][:, None] if n_classes == 1 else y[head]
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
