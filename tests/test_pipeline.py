@@ -127,20 +127,31 @@ def test_eval_dataset_is_ordered_and_labelled(small_set):
 
 
 def test_two_replicas_each_get_whole_identities(small_set):
-    """A global batch of 2 x P identities splits into replicas holding P whole identities."""
+    """As train.py builds input: every replica's batch holds P whole identities."""
     paths, labels = small_set
     devices = tf.config.list_logical_devices("CPU")
     assert len(devices) >= 2, "conftest configures two logical CPUs"
     strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
-    p_per_replica, k = 1, 4
-    ds = train_dataset(paths, labels, {}, height=16, width=8, p=p_per_replica * 2, k=k, seed=0)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    dist = strategy.experimental_distribute_dataset(ds.with_options(options))
+    p, k = 2, 3
+
+    def dataset_fn(context):
+        return train_dataset(paths, labels, {}, height=16, width=8, p=p, k=k, seed=0)
+
+    dist = strategy.distribute_datasets_from_function(dataset_fn)
     for _, (_, y) in zip(range(5), dist, strict=False):
         per_replica = strategy.experimental_local_results(y["id"])
         assert len(per_replica) == 2
         for ids in per_replica:
-            ids = ids.numpy()
-            assert len(ids) == p_per_replica * k
-            assert (ids.reshape(p_per_replica, k) == ids.reshape(p_per_replica, k)[:, :1]).all()
+            groups = ids.numpy().reshape(p, k)
+            assert (groups == groups[:, :1]).all()
+            assert len(set(groups[:, 0].tolist())) == p
+
+
+def test_sampler_accepts_label_gaps(small_set):
+    """A worker's shard of identities has gaps in its labels."""
+    _, labels = small_set
+    shard = labels % 2 == 1
+    sub = labels[shard]
+    for batch in pk_batches(sub, 3, 2, seed=0).take(3):
+        got = sub[batch.numpy()].reshape(3, 2)
+        assert (got == got[:, :1]).all() and set(got[:, 0]) == {1, 3, 5}

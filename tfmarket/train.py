@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from tfmarket.errors import TfmarketError
+from tfmarket.errors import ConfigError, TfmarketError
 
 DONE_MARKER = "metrics.json"
 
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     if result.get("status") == "already complete":
         print(f"{args.workdir}: training already complete (see {DONE_MARKER}); "
               "use --restart to train again")
+        return 0
+    keys = ("status", "epochs_run", "replicas", "global_batch", "weights_sha256", "best_val_mAP")
+    print(json.dumps({"workdir": str(args.workdir), **{k: result.get(k) for k in keys}}))
     return 0
 
 
@@ -252,20 +255,30 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
     keras.mixed_precision.set_global_policy(precision)
     replicas = strategy.num_replicas_in_sync
     data = config.data
-    p = data.ids_per_batch * replicas  # P per replica: each replica gets whole identities
-    batch = p * data.images_per_id
+    batch = data.ids_per_batch * data.images_per_id * replicas  # global batch
     steps = config.train.steps_per_epoch or max(1, len(train) // batch)
 
-    ds = train_dataset(
-        train.paths, labels, targets, height=data.height, width=data.width, p=p,
-        k=data.images_per_id, seed=data.seed, pad=data.pad, flip=data.flip,
-        erase_prob=data.erase_prob, cache_bytes=data.cache,
-    )
-    ds = ds.map(lambda x, y: (x, _model_targets(y)))
-    options = tf.data.Options()
-    # Batches are already laid out replica by replica; sharding by data would break them up.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    ds = ds.with_options(options)
+    workers = strategy.extended._num_workers if hasattr(strategy.extended, "_num_workers") else 1
+    if len(identities) // max(workers, 1) < data.ids_per_batch:
+        raise ConfigError(
+            f"data.ids_per_batch = {data.ids_per_batch} identities per batch, but only "
+            f"{len(identities)} training identities ({workers} worker(s)); lower it")
+
+    def dataset_fn(context):
+        # One call per worker (input pipeline): the worker trains on its own shard of the
+        # identities and yields per-replica batches of whole identities.
+        shard = labels % context.num_input_pipelines == context.input_pipeline_id
+        index = np.flatnonzero(shard)
+        ds = train_dataset(
+            [train.paths[i] for i in index], labels[index],
+            {h: t[index] for h, t in targets.items()},
+            height=data.height, width=data.width, p=data.ids_per_batch, k=data.images_per_id,
+            seed=data.seed + 1000 * context.input_pipeline_id, pad=data.pad, flip=data.flip,
+            erase_prob=data.erase_prob, cache_bytes=data.cache,
+        )
+        return ds.map(lambda x, y: (x, _model_targets(y)))
+
+    ds = strategy.distribute_datasets_from_function(dataset_fn)
 
     model_cfg = config.model
     with strategy.scope():
@@ -329,6 +342,7 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
         "train_seconds_this_session": seconds,
         "images_per_second": throughput.rates,
         "final_train_loss": float(history.history["loss"][-1]),
+        "weights_sha256": weights_digest(model),
         "validation": validation.last if validation else None,
         "best_val_mAP": max((h["mAP"] for h in validation.history), default=None)
         if validation else None,
@@ -338,6 +352,16 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
     else:
         shutil.rmtree(out_dir, ignore_errors=True)
     return metrics
+
+
+def weights_digest(model) -> str:
+    """SHA-256 over every weight's bytes: equal on all workers after synchronous training."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(weight.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _model_targets(y):

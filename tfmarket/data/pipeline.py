@@ -1,13 +1,14 @@
 """tf.data input pipelines: identity-balanced P x K training batches and evaluation batches.
 
-Design for ``tf.distribute``: a global batch holds ``P * replicas`` identities x K images, laid
-out identity by identity. Keras splits a global batch into contiguous per-replica slices, so
-with ``P`` identities per replica every replica receives whole identities and batch-hard
-triplet mining inside a replica sees all K images of each of its identities (tested with two
-logical devices in ``tests/test_pipeline.py``).
+Design for ``tf.distribute``: training builds its input with
+``strategy.distribute_datasets_from_function``; every input pipeline (one per worker) yields
+per-replica batches of ``P`` whole identities x K images, and each worker draws from its own
+shard of the identities. Batch-hard triplet mining inside a replica therefore always sees all K
+images of each of its identities, on one device, several GPUs or several workers (tested with
+two logical devices in ``tests/test_pipeline.py``).
 
 Everything per image is TF ops (no Python), parallel and prefetched. With a seed, augmentation
-uses stateless random ops keyed by (seed, batch index, position) so runs are reproducible.
+uses stateless random ops keyed by (seed, position in the stream) so runs are reproducible.
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def identity_index(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Groups image indices by contiguous label.
+    """Groups image indices by identity.
 
     Args:
-        labels: int [N] contiguous labels 0..C-1.
+        labels: int [N] identity labels (any integers; gaps allowed, e.g. one worker's shard).
 
     Returns:
-        (order int64 [N] image indices sorted by label, offsets int64 [C], counts int64 [C]):
-        the images of label c are ``order[offsets[c]:offsets[c] + counts[c]]``.
+        (order int64 [N] image indices sorted by label, offsets int64 [C], counts int64 [C])
+        over the C distinct labels in sorted order: the images of the c-th identity are
+        ``order[offsets[c]:offsets[c] + counts[c]]``.
     """
-    labels = np.asarray(labels, dtype=np.int64)
+    _, labels = np.unique(np.asarray(labels, dtype=np.int64), return_inverse=True)
     order = np.argsort(labels, kind="stable")
     counts = np.bincount(labels)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])

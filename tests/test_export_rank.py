@@ -1,0 +1,125 @@
+"""Export round trip and the rank CLI on a tiny trained model (synthetic data, real files)."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import write_jpeg
+
+from tfmarket.attributes import HEADS
+from tfmarket.config import load_config
+from tfmarket.export import export_run, run_onnx
+from tfmarket.rank import main as rank_main
+from tfmarket.submission import read_classification, read_reid
+from tfmarket.train import run as train_run
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, course_synth):
+    root = tmp_path_factory.mktemp("export")
+    workdir = root / "run"
+    config = load_config("configs/smoke.yaml", [f"data.root={course_synth}", "train.epochs=1"])
+    train_run(config, workdir)
+    card = export_run(workdir, root / "exp", onnx=True, int8=True, parity_images=8)
+    return root / "exp", card, config
+
+
+def test_export_writes_models_card_and_passes_parity(exported):
+    out, card, config = exported
+    for name in ("saved_model", "model.onnx", "model.int8.onnx", "model_card.json"):
+        assert (out / name).exists(), name
+    written = json.loads((out / "model_card.json").read_text())
+    assert written["input"]["shape"] == [None, config.data.height, config.data.width, 3]
+    assert written["input"]["dtype"] == "uint8"
+    assert set(written["outputs"]) == {"embedding", *HEADS}
+    assert written["parity"]["max_abs_diff"] <= 1e-4
+    assert written["parity"]["int8"]["embedding_cosine_min"] > 0.9
+    assert written["attributes"]["heads"]["upper_color"]["classes"][-1] == "none"
+    assert written["training_config"]["name"] == "smoke"
+
+
+def test_keras_savedmodel_onnx_agree_with_dynamic_batch(exported):
+    import keras
+    import tensorflow as tf
+
+    from tfmarket.model import build_inference_model
+
+    out, card, config = exported
+    model = keras.models.load_model(card["source_run"] + "/" + card["source_model"])
+    inference = build_inference_model(model)
+    loaded = tf.saved_model.load(str(out / "saved_model"))
+    rng = np.random.default_rng(0)
+    for batch in (1, 5):
+        images = rng.integers(0, 255, (batch, config.data.height, config.data.width, 3),
+                              dtype=np.uint8)
+        expected = {k: np.asarray(v) for k, v in inference(images, training=False).items()}
+        onnx_out = run_onnx(out / "model.onnx", images)
+        served = {k: v.numpy() for k, v in loaded.serve(tf.constant(images)).items()}
+        for name, value in expected.items():
+            assert onnx_out[name].shape[0] == batch
+            np.testing.assert_allclose(onnx_out[name], value, atol=1e-4)
+            np.testing.assert_allclose(served[name], value, atol=1e-4)
+
+
+def test_export_refuses_to_overwrite_and_names_bad_runs(exported, tmp_path):
+    from tfmarket.errors import TfmarketError
+
+    out, card, _ = exported
+    with pytest.raises(TfmarketError, match="already exists"):
+        export_run(__import__("pathlib").Path(card["source_run"]), out)
+    with pytest.raises(TfmarketError, match="not a tfmarket run directory"):
+        export_run(tmp_path, tmp_path / "x")
+
+
+def test_rank_course_layout_writes_parseable_submission(exported, course_synth, tmp_path,
+                                                         capsys):
+    out, _, _ = exported
+    result_dir = tmp_path / "rank"
+    assert rank_main(["--model", str(out / "model.onnx"), "--data", str(course_synth),
+                      "--out", str(result_dir), "--topk", "7", "--visualize", "3"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.index("\n{") + 1:])
+    queries = sorted(p.name for p in (course_synth / "queries").iterdir())
+    tests = sorted(p.name for p in (course_synth / "test").iterdir())
+    ranking = read_reid(result_dir / "reid_test.txt")
+    assert sorted(ranking) == queries
+    assert all(len(v) == 7 and set(v) <= set(tests) and len(set(v)) == 7
+               for v in ranking.values())
+    names, columns = read_classification(result_dir / "classification_test.csv")
+    assert sorted(names) == tests and columns.shape == (len(tests), 27)
+    metrics = json.loads((result_dir / "metrics.json").read_text())
+    assert 0 <= metrics["reid"]["mAP"] <= 1 and "mAP_trapezoid" in metrics["reid"]
+    assert 0 <= metrics["attributes"]["mA"] <= 1
+    assert (result_dir / "ranking" / "index.html").is_file()
+    assert summary["queries"] == len(queries)
+    emb = np.load(result_dir / "embeddings.npz")
+    norms = np.linalg.norm(emb["gallery_embedding"], axis=1)
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-4)
+
+
+def test_rank_folders_with_rerank_equals_metrics_contract(exported, market_synth, tmp_path):
+    out, _, _ = exported
+    result_dir = tmp_path / "rank"
+    assert rank_main(["--model", str(out / "model.onnx"), "--query", str(market_synth / "query"),
+                      "--gallery", str(market_synth / "bounding_box_test"),
+                      "--out", str(result_dir), "--rerank", "--k1", "5", "--k2", "2"]) == 0
+    metrics = json.loads((result_dir / "metrics.json").read_text())
+    assert metrics["reid"]["num_valid_queries"] > 0
+
+
+def test_rank_reports_unreadable_images_by_name(exported, course_synth, tmp_path, capsys):
+    import shutil
+
+    out, _, _ = exported
+    root = tmp_path / "c"
+    shutil.copytree(course_synth, root)
+    bad = root / "test" / "000001.jpg"
+    bad.write_bytes(b"garbage")
+    write_jpeg(root / "queries" / "999999.png", fmt="PNG", size=(50, 100))  # PNG and odd size
+    (root / "test" / "Thumbs.db").write_bytes(b"\0" * 10)
+    code = rank_main(["--model", str(out / "model.onnx"), "--data", str(root),
+                      "--out", str(tmp_path / "r")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "000001.jpg" in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "reid_test.txt").exists(), "nothing half-written"
