@@ -4,7 +4,7 @@ import tensorflow as tf
 from conftest import write_jpeg
 
 from tfmarket.data.pipeline import (
-    augment,
+    augment_batch,
     eval_dataset,
     identity_index,
     pk_batches,
@@ -88,8 +88,9 @@ def test_preprocessing_eager_equals_inside_tf_data(tmp_path):
     ds = tf.data.Dataset.from_tensors(path).map(lambda p: load_image(p, 64, 32))
     np.testing.assert_array_equal(eager, next(iter(ds)).numpy())
     seed = tf.constant([1, 2])
-    a = augment(tf.constant(eager), seed, 4, True, 1.0).numpy()
-    ds = tf.data.Dataset.from_tensors(eager).map(lambda x: augment(x, seed, 4, True, 1.0))
+    batch = np.stack([eager, eager[::-1]])
+    a = augment_batch(tf.constant(batch), seed, 4, True, 1.0).numpy()
+    ds = tf.data.Dataset.from_tensors(batch).map(lambda x: augment_batch(x, seed, 4, True, 1.0))
     np.testing.assert_array_equal(a, next(iter(ds)).numpy())
 
 
@@ -110,11 +111,34 @@ def test_resize_is_identity_at_the_right_size():
 
 
 def test_augment_erasing_fills_with_the_mean_pixel():
-    x = tf.zeros((64, 32, 3), tf.uint8)
-    out = augment(x, tf.constant([3, 4]), pad=0, flip=False, erase_prob=1.0).numpy()
-    erased = (out != 0).any(-1)
-    assert erased.sum() >= 0.02 * 64 * 32 * 0.5
+    x = tf.zeros((8, 64, 32, 3), tf.uint8)
+    out = augment_batch(x, tf.constant([3, 4]), pad=0, flip=False, erase_prob=1.0).numpy()
+    erased = (out != 0).any(-1)  # [B, H, W]
+    for sample in erased:
+        rows, cols = np.nonzero(sample)
+        assert sample.sum() >= 0.02 * 64 * 32 * 0.5
+        assert sample.sum() == (np.ptp(rows) + 1) * (np.ptp(cols) + 1), "one rectangle"
     assert (out[erased] == [124, 116, 104]).all()
+
+
+def test_augment_flip_and_crop_are_per_sample():
+    """Every sample is its own flip/crop of the input: a shifted (maybe mirrored) copy."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 255, (16, 32, 16, 3)).astype(np.uint8)
+    out = augment_batch(tf.constant(x), tf.constant([5, 6]), pad=3, flip=True,
+                        erase_prob=0.0).numpy()
+    flipped = 0
+    for src, got in zip(x, out, strict=True):
+        padded = np.pad(src, [(3, 3), (3, 3), (0, 0)])
+        found = False
+        for mirror in (False, True):
+            img = padded[:, ::-1] if mirror else padded
+            for dy in range(7):
+                for dx in range(7):
+                    if np.array_equal(img[dy:dy + 32, dx:dx + 16], got):
+                        found, flipped = True, flipped + mirror
+        assert found
+    assert 0 < flipped < 16
 
 
 def test_eval_dataset_is_ordered_and_labelled(small_set):

@@ -18,6 +18,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -232,7 +233,6 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
 
     import keras
     import numpy as np
-    import tensorflow as tf
 
     from tfmarket.config import save_config
     from tfmarket.data.pipeline import train_dataset
@@ -243,11 +243,15 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
 
     strategy = choose_strategy(cpu_replicas)
     chief = is_chief(strategy)
-    workdir.mkdir(parents=True, exist_ok=True)
-    save_config(config, workdir / "config.yaml")
+    # Only the chief writes the run directory; other workers of a multi-worker job write their
+    # (identical) checkpoints and logs to a temporary folder that is removed at the end.
+    out_dir = workdir if chief else Path(tempfile.mkdtemp(prefix="tfmarket-worker-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if chief:
+        save_config(config, workdir / "config.yaml")
     keras.utils.set_random_seed(config.train.seed)
 
-    dataset, train, val_query, val_gallery = prepare_data(config, workdir)
+    dataset, train, val_query, val_gallery = prepare_data(config, out_dir)
     labels, identities = relabel(train.pids)
     targets = attribute_targets(train)
 
@@ -295,7 +299,6 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
             jit_compile=config.train.jit_compile,
         )
 
-    out_dir = workdir if chief else Path(tf.io.gfile.mkdtemp())
     throughput = _Throughput(batch)
     callbacks = [keras.callbacks.BackupAndRestore(str(out_dir / "backup")), throughput]
     validation = None
