@@ -66,7 +66,7 @@ def score(query_out: dict, gallery_out: dict, query: Records, gallery: Records) 
 
 
 class ValidationCallback(keras.callbacks.Callback):
-    """Every ``every`` epochs: validation mAP / Rank-k / attribute mA into the epoch logs.
+    """Every ``every`` epochs (and at the first and last): validation mAP / Rank-k / attribute mA.
 
     Keys (``val_mAP``, ``val_rank1``, ``val_rank5``, ``val_mINP``, ``val_attr_mA``,
     ``val_attr_accuracy``) are picked up by the TensorBoard callback, ModelCheckpoint and
@@ -86,11 +86,16 @@ class ValidationCallback(keras.callbacks.Callback):
         self.last: dict = {}
         self.history: list[dict] = []
 
+    def on_train_begin(self, logs=None):
+        self._first_epoch = True
+
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
         last_epoch = self.params.get("epochs", 0) - 1
-        if (epoch + 1) % self.every and epoch != last_epoch:
+        # Also on a session's first epoch: CSVLogger fixes its columns from the first logs.
+        first, self._first_epoch = getattr(self, "_first_epoch", True), False
+        if (epoch + 1) % self.every and epoch != last_epoch and not first:
             return
         start = time.time()
         q = predict_records(self.model, self.query, self.height, self.width, self.batch_size)

@@ -25,17 +25,27 @@ def decode_image(image_bytes):
 
 
 def resize_image(image, height: int, width: int):
-    """uint8 [h, w, 3] -> uint8 [height, width, 3], bilinear; a no-op when already that size."""
+    """uint8 [h, w, 3] -> uint8 [height, width, 3], bilinear; a no-op when already that size.
+
+    Antialiasing only when shrinking: it changes nothing when enlarging (Market-1501's 64x128
+    crops to 128x256) but costs 4-5x the time there.
+    """
     import tensorflow as tf
 
     shape = tf.shape(image)
 
-    def _resize():
-        resized = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
-        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+    def _resize(antialias: bool):
+        def run():
+            resized = tf.image.resize(image, (height, width), method="bilinear",
+                                      antialias=antialias)
+            return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+        return run
 
     same = tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width))
-    out = tf.cond(same, lambda: tf.identity(image), _resize)
+    shrink = tf.logical_or(shape[0] > height, shape[1] > width)
+    out = tf.cond(same, lambda: tf.identity(image),
+                  lambda: tf.cond(shrink, _resize(True), _resize(False)))
     out.set_shape([height, width, 3])
     return out
 

@@ -268,6 +268,8 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
             f"data.ids_per_batch = {data.ids_per_batch} identities per batch, but only "
             f"{len(identities)} training identities ({workers} worker(s)); lower it")
 
+    done_epochs, best_so_far = previous_progress(out_dir / "history.csv")
+
     def dataset_fn(context):
         # One call per worker (input pipeline): the worker trains on its own shard of the
         # identities and yields per-replica batches of whole identities.
@@ -279,6 +281,7 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
             height=data.height, width=data.width, p=data.ids_per_batch, k=data.images_per_id,
             seed=data.seed + 1000 * context.input_pipeline_id, pad=data.pad, flip=data.flip,
             erase_prob=data.erase_prob, cache_bytes=data.cache,
+            first_step=done_epochs * steps,
         )
         return ds.map(lambda x, y: (x, _model_targets(y)))
 
@@ -316,7 +319,8 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
     ]
     if has_val:
         callbacks.append(keras.callbacks.ModelCheckpoint(
-            str(out_dir / "best.keras"), monitor="val_mAP", mode="max", save_best_only=True))
+            str(out_dir / "best.keras"), monitor="val_mAP", mode="max", save_best_only=True,
+            initial_value_threshold=best_so_far))
     if config.train.early_stopping_patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_mAP" if has_val else "loss", mode="max" if has_val else "min",
@@ -355,6 +359,22 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
     else:
         shutil.rmtree(out_dir, ignore_errors=True)
     return metrics
+
+
+def previous_progress(history_csv: Path) -> tuple[int, float | None]:
+    """(epochs logged, best val_mAP so far) of an interrupted run, (0, None) for a new one.
+
+    Lets a resumed run continue the input stream where it stopped and keep ``best.keras``
+    from being overwritten by a worse model.
+    """
+    import csv
+
+    if not history_csv.is_file():
+        return 0, None
+    with history_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    scores = [float(r["val_mAP"]) for r in rows if r.get("val_mAP") not in (None, "", "nan")]
+    return len(rows), (max(scores) if scores else None)
 
 
 def weights_digest(model) -> str:

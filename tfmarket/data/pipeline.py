@@ -73,11 +73,13 @@ def sample_pk_indices(order, offsets, counts, ids, k: int, seed):
     return tf.reshape(tf.gather(order, flat), [-1])
 
 
-def pk_batches(labels: np.ndarray, p: int, k: int, seed: int = 0) -> tf.data.Dataset:
-    """An endless dataset of int64 [P * K] image-index batches.
+def pk_batches(labels: np.ndarray, p: int, k: int, seed: int = 0,
+               first_step: int = 0) -> tf.data.Dataset:
+    """An endless dataset of int64 [P * K] image-index batches, from batch ``first_step`` on.
 
     Each pass over the identities visits every identity once in random order (P at a time,
-    the last incomplete group dropped), like an epoch of torchreid's identity sampler.
+    the last incomplete group dropped), like an epoch of torchreid's identity sampler. Batch n
+    depends only on (seed, n), so a resumed run continues the same stream.
     """
     order, offsets, counts = identity_index(labels)
     num_ids = len(counts)
@@ -97,7 +99,7 @@ def pk_batches(labels: np.ndarray, p: int, k: int, seed: int = 0) -> tf.data.Dat
             order_t, offsets_t, counts_t, ids, k, tf.stack([seed + 1, tf.cast(step, tf.int32)])
         )
 
-    return tf.data.Dataset.counter().map(batch_for)
+    return tf.data.Dataset.counter(first_step).map(batch_for)
 
 
 def augment_batch(images, seed, pad: int, flip: bool, erase_prob: float):
@@ -115,16 +117,23 @@ def augment_batch(images, seed, pad: int, flip: bool, erase_prob: float):
     batch = tf.shape(images)[0]
     height, width = images.shape[1], images.shape[2]
     seeds = tf.random.experimental.stateless_split(seed, 7)
-    if flip:
-        flips = tf.random.stateless_uniform([batch], seeds[0]) < 0.5
-        images = tf.where(flips[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    # Flip and crop are one gather each along rows and columns: a mirrored crop reads the
+    # padded columns right to left.
+    flips = tf.random.stateless_uniform([batch], seeds[0]) < 0.5
+    if not flip:
+        flips = tf.zeros_like(flips)
     if pad > 0:
-        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+        images = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
         top = tf.random.stateless_uniform([batch], seeds[1], 0, 2 * pad + 1, dtype=tf.int32)
         left = tf.random.stateless_uniform([batch], seeds[2], 0, 2 * pad + 1, dtype=tf.int32)
         rows = top[:, None] + tf.range(height)[None, :]  # [B, H]
+        images = tf.gather(images, rows, axis=1, batch_dims=1)
+    else:
+        left = tf.zeros([batch], tf.int32)
+    if pad > 0 or flip:
         cols = left[:, None] + tf.range(width)[None, :]  # [B, W]
-        images = tf.gather(padded, rows, axis=1, batch_dims=1)
+        mirrored = left[:, None] + (width - 1 - tf.range(width))[None, :]
+        cols = tf.where(flips[:, None], mirrored, cols)
         images = tf.gather(images, cols, axis=2, batch_dims=1)
     if erase_prob > 0:
         area = float(height * width)
@@ -175,6 +184,7 @@ def train_dataset(
     flip: bool = True,
     erase_prob: float = 0.5,
     cache_bytes: bool = True,
+    first_step: int = 0,
 ) -> tf.data.Dataset:
     """Endless P x K training batches.
 
@@ -183,6 +193,7 @@ def train_dataset(
         labels: int [N] contiguous identity labels.
         targets: name -> int [N] per-image targets (attribute heads); the identity label is
             added as ``"id"``.
+        first_step: index of the first batch (a resumed run passes the steps already done).
 
     Yields:
         (images float32 [P*K, H, W, 3] in [0, 255], {name: int32 [P*K]}).
@@ -202,9 +213,9 @@ def train_dataset(
                                erase_prob)
         return tf.cast(images, tf.float32), {n: tf.gather(v, index) for n, v in column_t.items()}
 
-    ds = pk_batches(labels, p, k, seed).unbatch()
+    ds = pk_batches(labels, p, k, seed, first_step).unbatch()
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch, drop_remainder=True).enumerate()
+    ds = ds.batch(batch, drop_remainder=True).enumerate(first_step)
     ds = ds.map(augment_and_label, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE)
 
