@@ -117,24 +117,27 @@ def augment_batch(images, seed, pad: int, flip: bool, erase_prob: float):
     batch = tf.shape(images)[0]
     height, width = images.shape[1], images.shape[2]
     seeds = tf.random.experimental.stateless_split(seed, 7)
-    # Flip and crop are one gather each along rows and columns: a mirrored crop reads the
-    # padded columns right to left.
-    flips = tf.random.stateless_uniform([batch], seeds[0]) < 0.5
-    if not flip:
-        flips = tf.zeros_like(flips)
+    fill = tf.constant([round(m) for m in MEAN_RGB], tf.uint8)
+    # Crop rows with one gather of whole rows (cheap). Columns need a per-pixel gather anyway,
+    # so flip, crop and erasing share it: every output pixel names the source column it reads,
+    # and erased pixels read an extra column that holds the fill colour.
     if pad > 0:
         images = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
         top = tf.random.stateless_uniform([batch], seeds[1], 0, 2 * pad + 1, dtype=tf.int32)
         left = tf.random.stateless_uniform([batch], seeds[2], 0, 2 * pad + 1, dtype=tf.int32)
         rows = top[:, None] + tf.range(height)[None, :]  # [B, H]
-        images = tf.gather(images, rows, axis=1, batch_dims=1)
+        images = tf.gather(images, rows, axis=1, batch_dims=1)  # [B, H, W + 2 pad, 3]
     else:
         left = tf.zeros([batch], tf.int32)
-    if pad > 0 or flip:
-        cols = left[:, None] + tf.range(width)[None, :]  # [B, W]
+    if not (pad > 0 or flip or erase_prob > 0):
+        return images
+    padded_width = width + 2 * pad
+    cols = left[:, None] + tf.range(width)[None, :]  # [B, W]
+    if flip:
+        flips = tf.random.stateless_uniform([batch], seeds[0]) < 0.5
         mirrored = left[:, None] + (width - 1 - tf.range(width))[None, :]
         cols = tf.where(flips[:, None], mirrored, cols)
-        images = tf.gather(images, cols, axis=2, batch_dims=1)
+    source = tf.broadcast_to(cols[:, None, :], [batch, height, width])  # [B, H, W]
     if erase_prob > 0:
         area = float(height * width)
         target = tf.random.stateless_uniform([batch], seeds[3], 0.02, 0.4) * area
@@ -143,17 +146,18 @@ def augment_batch(images, seed, pad: int, flip: bool, erase_prob: float):
         eh = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(target * ratio)), tf.int32), 1, height)
         ew = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(target / ratio)), tf.int32), 1, width)
         corner = tf.random.stateless_uniform([batch, 2], seeds[5])
-        top = tf.cast(corner[:, 0] * tf.cast(height - eh + 1, tf.float32), tf.int32)
-        left = tf.cast(corner[:, 1] * tf.cast(width - ew + 1, tf.float32), tf.int32)
-        rows = tf.range(height)[None, :]
-        cols = tf.range(width)[None, :]
-        in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])  # [B, H]
-        in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])  # [B, W]
+        e_top = tf.cast(corner[:, 0] * tf.cast(height - eh + 1, tf.float32), tf.int32)
+        e_left = tf.cast(corner[:, 1] * tf.cast(width - ew + 1, tf.float32), tf.int32)
+        r = tf.range(height)[None, :]
+        c = tf.range(width)[None, :]
         apply = tf.random.stateless_uniform([batch], seeds[6]) < erase_prob
-        mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
-        fill = tf.constant([round(m) for m in MEAN_RGB], tf.uint8)
-        images = tf.where(mask[..., None], fill, images)
-    return images
+        in_rows = (r >= e_top[:, None]) & (r < (e_top + eh)[:, None]) & apply[:, None]
+        in_cols = (c >= e_left[:, None]) & (c < (e_left + ew)[:, None])  # [B, W]
+        mask = in_rows[:, :, None] & in_cols[:, None, :]  # [B, H, W]
+        source = tf.where(mask, padded_width, source)
+        fill_column = tf.broadcast_to(fill, [batch, height, 1, 3])
+        images = tf.concat([images, fill_column], axis=2)
+    return tf.gather(images, source, axis=2, batch_dims=2)
 
 
 def _image_source(paths: list[str], cache_bytes: bool):
