@@ -70,3 +70,19 @@ def market_synth(tmp_path_factory) -> Path:
     write_synthetic(root, layout="market1501", num_train_ids=12, num_test_ids=8,
                     images_per_id=6, seed=4)
     return root
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, course_synth):
+    """A one-epoch smoke model exported to SavedModel + ONNX (+ int8): (folder, card, config)."""
+    from tfmarket.config import load_config
+    from tfmarket.export import export_run
+    from tfmarket.train import run as train_run
+
+    root = tmp_path_factory.mktemp("export")
+    workdir = root / "run"
+    config = load_config(Path(__file__).parents[1] / "configs" / "smoke.yaml",
+                         [f"data.root={course_synth}", "train.epochs=1"])
+    train_run(config, workdir)
+    card = export_run(workdir, root / "exp", onnx=True, int8=True, parity_images=8)
+    return root / "exp", card, config

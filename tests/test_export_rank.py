@@ -7,21 +7,9 @@ import pytest
 from conftest import write_jpeg
 
 from tfmarket.attributes import HEADS
-from tfmarket.config import load_config
 from tfmarket.export import export_run, run_onnx
 from tfmarket.rank import main as rank_main
 from tfmarket.submission import read_classification, read_reid
-from tfmarket.train import run as train_run
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, course_synth):
-    root = tmp_path_factory.mktemp("export")
-    workdir = root / "run"
-    config = load_config("configs/smoke.yaml", [f"data.root={course_synth}", "train.epochs=1"])
-    train_run(config, workdir)
-    card = export_run(workdir, root / "exp", onnx=True, int8=True, parity_images=8)
-    return root / "exp", card, config
 
 
 def test_export_writes_models_card_and_passes_parity(exported):
@@ -113,6 +101,7 @@ def test_rank_reports_unreadable_images_by_name(exported, course_synth, tmp_path
     out, _, _ = exported
     root = tmp_path / "c"
     shutil.copytree(course_synth, root)
+    (root / "synthetic_truth.csv").unlink()  # unlabelled, like the real course folder
     bad = root / "test" / "000001.jpg"
     bad.write_bytes(b"garbage")
     write_jpeg(root / "queries" / "999999.png", fmt="PNG", size=(50, 100))  # PNG and odd size
@@ -123,3 +112,19 @@ def test_rank_reports_unreadable_images_by_name(exported, course_synth, tmp_path
     err = capsys.readouterr().err
     assert "000001.jpg" in err and "Traceback" not in err
     assert not (tmp_path / "r" / "reid_test.txt").exists(), "nothing half-written"
+
+
+def test_rank_accepts_png_grayscale_and_odd_sizes(exported, course_synth, tmp_path):
+    out, _, _ = exported
+    queries = tmp_path / "q"
+    write_jpeg(queries / "odd.png", fmt="PNG", size=(50, 111))
+    write_jpeg(queries / "gray.jpg", mode="L", size=(64, 128))
+    write_jpeg(queries / "big.jpg", size=(300, 700))
+    (queries / "Thumbs.db").write_bytes(b"\0" * 16)
+    result_dir = tmp_path / "r"
+    assert rank_main(["--model", str(out / "model.onnx"), "--query", str(queries),
+                      "--gallery", str(course_synth / "test"), "--out", str(result_dir),
+                      "--topk", "3"]) == 0
+    ranking = read_reid(result_dir / "reid_test.txt")
+    assert sorted(ranking) == ["big.jpg", "gray.jpg", "odd.png"]
+    assert not (result_dir / "metrics.json").exists(), "unlabelled names: no metrics"

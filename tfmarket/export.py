@@ -145,6 +145,28 @@ def run_onnx(path: Path, images) -> dict:
     return dict(zip(names, values, strict=True))
 
 
+def float32_copy(model, config):
+    """The same network and weights with float32 compute (a run may have trained in mixed
+    precision): serving graphs and the parity check are defined in float32."""
+    import keras
+
+    from tfmarket.model import build_model
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        m = config.model
+        copy = build_model(
+            model.get_layer("id").units, height=config.data.height, width=config.data.width,
+            backbone=m.backbone, weights=None, last_stride=m.last_stride, pooling=m.pooling,
+            embedding_dim=m.embedding_dim, dropout=m.dropout,
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, int8: bool = False,
                checkpoint: str = "best", parity_images: int = 32, overwrite: bool = False) -> dict:
     """Exports a run directory; writes the model card; returns it."""
@@ -174,7 +196,7 @@ def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, in
     import tfmarket.losses  # noqa: F401
     import tfmarket.schedules  # noqa: F401
 
-    model = keras.models.load_model(model_path)
+    model = float32_copy(keras.models.load_model(model_path), config)
     images = _parity_images(config, workdir, parity_images)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

@@ -182,13 +182,17 @@ def build_faiss_index(
     return index
 
 
-def faiss_topk(index, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def faiss_topk(index, query_emb: np.ndarray, k: int,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours from a :func:`build_faiss_index` index, in ``cosine_topk``'s format.
 
     Args:
         index: faiss inner-product index over L2-normalised vectors.
         query_emb: float32 [N, D], L2-normalised.
         k: neighbours per query; clipped to the index size.
+        allowed: optional int64 [A] gallery ids the search may return (e.g. the images whose
+            predicted attributes match a filter); applied inside faiss's search
+            (``IDSelectorBatch``), so filtered results still fill k slots when possible.
 
     Returns:
         (indices int64 [N, k], distances float32 [N, k] = 1 - inner product), ascending,
@@ -201,7 +205,17 @@ def faiss_topk(index, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     k = min(int(k), int(index.ntotal))
-    sims, idx = index.search(q, k)
+    if allowed is None:
+        sims, idx = index.search(q, k)
+    else:
+        faiss = _import_faiss()
+        allowed = np.ascontiguousarray(allowed, dtype=np.int64)
+        selector = faiss.IDSelectorBatch(allowed)
+        if hasattr(index, "nprobe"):
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        sims, idx = index.search(q, k, params=params)
     idx = idx.astype(np.int64)
     dist = (1.0 - sims).astype(np.float32)
     dist[idx < 0] = np.inf

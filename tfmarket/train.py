@@ -232,14 +232,10 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
         return {"status": "already complete"}
 
     import keras
-    import numpy as np
 
     from tfmarket.config import save_config
-    from tfmarket.data.pipeline import train_dataset
     from tfmarket.data.split import relabel
     from tfmarket.distribute import choose_strategy, is_chief, resolve_precision
-    from tfmarket.evaluation import ValidationCallback
-    from tfmarket.model import build_model
 
     strategy = choose_strategy(cpu_replicas)
     chief = is_chief(strategy)
@@ -256,7 +252,25 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
     targets = attribute_targets(train)
 
     precision = resolve_precision(config.train.precision)
+    previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
+    try:
+        return _fit(config, workdir, out_dir, strategy, chief, train, labels, identities,
+                    targets, val_query, val_gallery, precision)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _fit(config, workdir, out_dir, strategy, chief, train, labels, identities, targets,
+         val_query, val_gallery, precision) -> dict:
+    """Builds the input, model and callbacks under ``strategy`` and trains; see :func:`run`."""
+    import keras
+    import numpy as np
+
+    from tfmarket.data.pipeline import train_dataset
+    from tfmarket.evaluation import ValidationCallback
+    from tfmarket.model import build_model
+
     replicas = strategy.num_replicas_in_sync
     data = config.data
     batch = data.ids_per_batch * data.images_per_id * replicas  # global batch

@@ -1,0 +1,81 @@
+"""Sharded embedding, store merging, faiss index and attribute-filtered search."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tfmarket.errors import DataError, TfmarketError
+from tfmarket.gallery import (
+    filter_ids,
+    load_store,
+    main,
+    merge_stores,
+    parse_filter,
+    parse_shard,
+    shard_files,
+)
+
+
+def test_shards_partition_the_sorted_files():
+    files = [f"{i:03d}.jpg" for i in range(10)][::-1]
+    parts = [shard_files(files, i, 3) for i in range(3)]
+    assert sum(parts, []) == sorted(files)
+    assert [len(p) for p in parts] == [4, 3, 3]
+    assert parse_shard("2/4") == (2, 4)
+    with pytest.raises(TfmarketError, match="I/N"):
+        parse_shard("x")
+    with pytest.raises(TfmarketError, match="0 <= I < N"):
+        parse_shard("4/4")
+
+
+def test_filters():
+    assert parse_filter("upred, backpack, age=3") == [(12, 2), (1, 2), (0, 3)]
+    with pytest.raises(TfmarketError, match="unknown attribute 'uppink'"):
+        parse_filter("uppink")
+    attrs = np.ones((4, 27), int)
+    attrs[[1, 3], 12] = 2
+    attrs[3, 1] = 2
+    assert filter_ids(attrs, parse_filter("upred")).tolist() == [1, 3]
+    assert filter_ids(attrs, parse_filter("upred,backpack")).tolist() == [3]
+
+
+def test_sharded_embedding_merges_into_the_full_store_and_searches(exported, course_synth,
+                                                                   tmp_path):
+    model = str(exported[0] / "model.onnx")
+    images = str(course_synth / "test")
+    for i in range(2):
+        assert main(["embed", "--model", model, "--images", images, "--shard", f"{i}/2",
+                     "--out", str(tmp_path / f"s{i}.npz")]) == 0
+    assert main(["embed", "--model", model, "--images", images,
+                 "--out", str(tmp_path / "full.npz")]) == 0
+    assert main(["merge", str(tmp_path / "s1.npz"), str(tmp_path / "s0.npz"),
+                 "--out", str(tmp_path / "merged.npz")]) == 0
+    full, merged = load_store(tmp_path / "full.npz"), load_store(tmp_path / "merged.npz")
+    assert merged["files"].tolist() == full["files"].tolist()
+    np.testing.assert_allclose(merged["embedding"], full["embedding"], atol=1e-6)
+    np.testing.assert_array_equal(merged["attributes"], full["attributes"])
+
+    with pytest.raises(DataError, match="more than one shard"):
+        merge_stores([load_store(tmp_path / "s0.npz")] * 2)
+
+    assert main(["index", str(tmp_path / "merged.npz"), "--kind", "flat",
+                 "--out", str(tmp_path / "g.faiss")]) == 0
+    column = int(np.argmax((merged["attributes"] == 2).sum(0)[10:]) + 10)  # a common colour
+    from tfmarket.attributes import COLUMNS
+
+    where = COLUMNS[column]
+    allowed = set(merged["files"][merged["attributes"][:, column] == 2].tolist())
+    queries = str(course_synth / "queries")
+    for extra in ([], ["--index", str(tmp_path / "g.faiss")]):
+        out = tmp_path / f"search{len(extra)}.json"
+        assert main(["search", "--model", model, "--store", str(tmp_path / "merged.npz"),
+                     "--query", queries, "--topk", "5", "--where", where, "--out", str(out),
+                     *extra]) == 0
+        results = json.loads(out.read_text())
+        assert results and all(r["file"] in allowed for hits in results.values() for r in hits)
+        assert all(len(hits) == min(5, len(allowed)) for hits in results.values())
+    exact = json.loads((tmp_path / "search0.json").read_text())
+    faiss_flat = json.loads((tmp_path / "search2.json").read_text())
+    assert [[r["file"] for r in v] for v in exact.values()] == \
+        [[r["file"] for r in v] for v in faiss_flat.values()]
