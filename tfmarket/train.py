@@ -259,6 +259,8 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
                     targets, val_query, val_gallery, precision)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+        if not chief:
+            shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def _fit(config, workdir, out_dir, strategy, chief, train, labels, identities, targets,
@@ -266,6 +268,7 @@ def _fit(config, workdir, out_dir, strategy, chief, train, labels, identities, t
     """Builds the input, model and callbacks under ``strategy`` and trains; see :func:`run`."""
     import keras
     import numpy as np
+    import tensorflow as tf
 
     from tfmarket.data.pipeline import train_dataset
     from tfmarket.evaluation import ValidationCallback
@@ -316,8 +319,16 @@ def _fit(config, workdir, out_dir, strategy, chief, train, labels, identities, t
             jit_compile=config.train.jit_compile,
         )
 
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _prebuild_for_multi_worker(model, strategy, dataset_fn)
+
     throughput = _Throughput(batch)
-    callbacks = [keras.callbacks.BackupAndRestore(str(out_dir / "backup")), throughput]
+    # double_checkpoint: a kill -9 while the weights are being written leaves the previous
+    # epoch's copy to resume from.
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(out_dir / "backup"), double_checkpoint=True),
+        throughput,
+    ]
     validation = None
     has_val = len(val_query) > 0 and config.train.eval_every > 0
     if has_val:
@@ -347,6 +358,8 @@ def _fit(config, workdir, out_dir, strategy, chief, train, labels, identities, t
     if not np.isfinite(history.history.get("loss", [0.0])[-1]):
         raise TfmarketError("training stopped: the loss became NaN (see history.csv)")
 
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _average_non_trainable(model, strategy)
     model.save(out_dir / "model.keras")
     metrics = {
         "status": "complete",
@@ -370,9 +383,74 @@ def _fit(config, workdir, out_dir, strategy, chief, train, labels, identities, t
     }
     if chief:
         (workdir / DONE_MARKER).write_text(json.dumps(metrics, indent=2, default=float))
-    else:
-        shutil.rmtree(out_dir, ignore_errors=True)
     return metrics
+
+
+def _prebuild_for_multi_worker(model, strategy, dataset_fn) -> None:
+    """Builds the compiled model from the input's TensorSpecs before ``fit``.
+
+    Keras 3's ``fit`` otherwise builds it from a first batch that it averages across replicas
+    with ``strategy.reduce``, which fails eagerly under MultiWorkerMirroredStrategy
+    (keras-team/keras#20585). Building here leaves nothing for that step to do, so it is
+    skipped for this model; ``tests/test_multiworker.py`` guards the workaround.
+    """
+    import tensorflow as tf
+
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                         num_replicas_in_sync=1)
+    spec = dataset_fn(context).element_spec
+    with strategy.scope():
+        model._symbolic_build(data_batch=spec)
+    model._maybe_symbolic_build = lambda *args, **kwargs: None
+    _patch_scalar_reduction()
+
+
+def _average_non_trainable(model, strategy) -> None:
+    """Averages BatchNorm moving statistics across workers after training.
+
+    Gradients are all-reduced, but each worker updates its moving mean/variance from its own
+    batches; averaging them makes every worker end with the same model (the chief saves it).
+    """
+    import tensorflow as tf
+
+    for variable in model.non_trainable_weights:
+        local = strategy.experimental_distribute_values_from_function(
+            lambda _context, v=variable: tf.identity(v.value))
+        variable.assign(strategy.reduce("MEAN", local, axis=None))
+
+
+def _patch_scalar_reduction() -> None:
+    """Keras 3.15's per-step log reduction under MultiWorkerMirroredStrategy averages every
+    value along axis 0, which fails for the scalar losses and metrics it reduces
+    (keras-team/keras#20585). Scalars are averaged with ``axis=None`` instead; everything else
+    goes through Keras's own code."""
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = getattr(tf_trainer.reduce_per_replica, "__wrapped__", tf_trainer.reduce_per_replica)
+
+    def reduce_per_replica(values, strategy, reduction):
+        import tensorflow as tf
+        from keras import tree
+
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and reduction in (
+            "auto", "mean"
+        ):
+            def reduce(value):
+                rank = value.shape.rank if hasattr(value, "shape") else None
+                if rank == 0 or _per_replica_rank(value, strategy) == 0:
+                    return strategy.reduce("MEAN", value, axis=None)
+                return original(value, strategy, reduction)
+
+            return tree.map_structure(reduce, values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.__wrapped__ = original
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+def _per_replica_rank(value, strategy):
+    local = strategy.experimental_local_results(value)
+    return local[0].shape.rank if local else None
 
 
 def previous_progress(history_csv: Path) -> tuple[int, float | None]:
@@ -387,7 +465,14 @@ def previous_progress(history_csv: Path) -> tuple[int, float | None]:
         return 0, None
     with history_csv.open() as handle:
         rows = list(csv.DictReader(handle))
-    scores = [float(r["val_mAP"]) for r in rows if r.get("val_mAP") not in (None, "", "nan")]
+    scores = []
+    for row in rows:
+        try:  # CSVLogger writes "NA" for epochs without validation
+            value = float(row.get("val_mAP") or "nan")
+        except ValueError:
+            continue
+        if value == value:
+            scores.append(value)
     return len(rows), (max(scores) if scores else None)
 
 
