@@ -128,3 +128,28 @@ def test_rank_accepts_png_grayscale_and_odd_sizes(exported, course_synth, tmp_pa
     ranking = read_reid(result_dir / "reid_test.txt")
     assert sorted(ranking) == ["big.jpg", "gray.jpg", "odd.png"]
     assert not (result_dir / "metrics.json").exists(), "unlabelled names: no metrics"
+
+
+def test_parity_failure_aborts_and_leaves_nothing(exported, tmp_path, monkeypatch):
+    import pathlib
+
+    import tfmarket.export as export_module
+    from tfmarket.errors import TfmarketError
+
+    _, card, _ = exported
+    images = np.zeros((2, 64, 32, 3), np.uint8)
+    model = export_module.float32_copy(
+        __import__("keras").models.load_model(card["source_run"] + "/" + card["source_model"]),
+        exported[2])
+    with pytest.raises(TfmarketError, match="parity check failed"):
+        export_module.export_model(model, tmp_path / "direct", images, onnx=True,
+                                   tolerance=-1.0)
+    # Through the CLI entry: the staging folder is removed and no output appears.
+    real = export_module.export_model
+    monkeypatch.setattr(export_module, "export_model",
+                        lambda *a, **k: real(*a, **{**k, "tolerance": -1.0}))
+    out = tmp_path / "out"
+    with pytest.raises(TfmarketError, match="parity"):
+        export_run(pathlib.Path(card["source_run"]), out, onnx=True, parity_images=2)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
