@@ -1,10 +1,10 @@
 """The one preprocessing path shared by training, export and ranking (no train/serve skew).
 
 bytes --decode_image--> uint8 [h, w, 3] --resize_image--> uint8 [H, W, 3]
-      --(inside the model: ``normalize``)--> float [H, W, 3] ImageNet-normalised.
+      --(inside the model: ``tfmarket.layers.Normalize``)--> float [H, W, 3] normalised.
 
 Training feeds the model float32 pixel values in [0, 255]; the exported serving graph takes
-uint8 [B, H, W, 3] and casts; both then go through the same ``normalize`` layer in the model.
+uint8 [B, H, W, 3] and casts; both then go through the same ``Normalize`` layer in the model.
 """
 
 from __future__ import annotations
@@ -57,19 +57,11 @@ def load_image(path, height: int, width: int):
     return resize_image(decode_image(tf.io.read_file(path)), height, width)
 
 
-def normalize(images):
-    """float [..., 3] pixel values in [0, 255] -> ImageNet-normalised float (same dtype)."""
-    from keras import ops
-
-    mean = ops.cast(ops.convert_to_tensor(MEAN_RGB), images.dtype)
-    std = ops.cast(ops.convert_to_tensor(STD_RGB), images.dtype)
-    return (images - mean) / std
-
-
 def load_images_numpy(paths, height: int, width: int, threads: int = 2):
     """Decodes files with the same TF ops into uint8 [N, height, width, 3] (for ranking).
 
-    Runs through tf.data so decoding is parallel; errors name the file (see ``check_images``).
+    Runs through tf.data so decoding is parallel; check files first with
+    ``tfmarket.data.check.require_readable`` for errors that name the file.
     """
     import numpy as np
     import tensorflow as tf
