@@ -140,3 +140,8 @@ def probabilities_to_targets(
         else:
             out[head] = p.argmax(axis=-1).astype(np.int32)
     return out
+
+
+def predicted_columns(probs: Mapping[str, np.ndarray], threshold: float = 0.5) -> np.ndarray:
+    """Model probabilities (head -> [N, C] or [N, 1]) -> int [N, 27] in file encoding."""
+    return targets_to_columns(probabilities_to_targets(probs, threshold))

@@ -10,7 +10,7 @@ import time
 import keras
 import numpy as np
 
-from tfmarket.attributes import COLUMNS, HEADS, probabilities_to_targets, targets_to_columns
+from tfmarket.attributes import COLUMNS, HEADS, predicted_columns
 from tfmarket.data.market1501 import Records
 
 
@@ -60,7 +60,7 @@ def score(query_out: dict, gallery_out: dict, query: Records, gallery: Records) 
     if known.any():
         truth = np.concatenate([query.attributes, gallery.attributes])[known]
         probs = {h: np.concatenate([query_out[h], gallery_out[h]])[known] for h in HEADS}
-        predicted = targets_to_columns(probabilities_to_targets(probs))
+        predicted = predicted_columns(probs)
         result["attributes"] = attribute_metrics(truth, predicted, COLUMNS)
     return result
 

@@ -48,14 +48,14 @@ def shard_files(paths: list[str], index: int, count: int) -> list[str]:
 
 def embed_store(model_path: str, paths: list[str], batch_size: int = 64) -> dict:
     """Embeds image files with an exported ONNX model -> a store dict."""
-    from tfmarket.attributes import HEADS, probabilities_to_targets, targets_to_columns
+    from tfmarket.attributes import HEADS, predicted_columns
     from tfmarket.data.check import require_readable
     from tfmarket.embed import OnnxEmbedder
 
     require_readable(paths)
     embedder = OnnxEmbedder(model_path)
     out = embedder.embed_files(paths, batch_size)
-    columns = targets_to_columns(probabilities_to_targets({h: out[h] for h in HEADS}))
+    columns = predicted_columns({h: out[h] for h in HEADS})
     return {
         "files": np.array([str(p) for p in paths]),
         "embedding": out["embedding"].astype(np.float32),

@@ -131,7 +131,7 @@ def load_inputs(args):
 
 
 def rank(args) -> dict:
-    from tfmarket.attributes import COLUMNS, HEADS, probabilities_to_targets, targets_to_columns
+    from tfmarket.attributes import COLUMNS, HEADS, predicted_columns
     from tfmarket.data.check import require_readable
     from tfmarket.embed import OnnxEmbedder
     from tfmarket.submission import write_classification, write_reid
@@ -172,9 +172,9 @@ def rank(args) -> dict:
     q_names = [Path(p).name for p in query.paths]
     g_names = [Path(p).name for p in gallery.paths]
     write_reid(out / "reid_test.txt", q_names, g_names, indices)
-    g_columns = targets_to_columns(probabilities_to_targets({h: g_out[h] for h in HEADS}))
+    g_columns = predicted_columns({h: g_out[h] for h in HEADS})
     write_classification(out / "classification_test.csv", g_names, g_columns)
-    q_columns = targets_to_columns(probabilities_to_targets({h: q_out[h] for h in HEADS}))
+    q_columns = predicted_columns({h: q_out[h] for h in HEADS})
     np.savez_compressed(
         out / "embeddings.npz",
         query_files=np.array(query.paths), gallery_files=np.array(gallery.paths),
