@@ -172,51 +172,6 @@ def build_optimizer(train_cfg, steps_per_epoch: int):
     raise TfmarketError(f"unknown optimizer {train_cfg.optimizer!r}; valid: adam, adamw, sgd")
 
 
-class _LearningRateLogger:
-    """Adds the current learning rate to the epoch logs (so TensorBoard plots it)."""
-
-    def __new__(cls):
-        import keras
-
-        class LearningRateLogger(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if logs is not None:
-                    logs["learning_rate"] = float(
-                        keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-                    )
-
-        return LearningRateLogger()
-
-
-class _Throughput:
-    """Measures training images/s per epoch (excluding validation)."""
-
-    def __new__(cls, batch_size: int):
-        import keras
-
-        class Throughput(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.rates: list[float] = []
-                self.seconds: list[float] = []
-
-            def on_epoch_begin(self, epoch, logs=None):
-                self.start = time.time()
-
-            def on_train_batch_end(self, batch, logs=None):
-                self.last_batch = batch
-
-            def on_epoch_end(self, epoch, logs=None):
-                seconds = time.time() - self.start
-                steps = self.params.get("steps") or (self.last_batch + 1)
-                self.seconds.append(seconds)
-                self.rates.append(steps * batch_size / max(seconds, 1e-9))
-                if logs is not None:
-                    logs["images_per_second"] = self.rates[-1]
-
-        return Throughput()
-
-
 def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) -> dict:
     """Trains per ``config`` into ``workdir``; returns the metrics dict (also in metrics.json)."""
     workdir = Path(workdir)
@@ -270,6 +225,7 @@ def _fit(config, workdir, out_dir, strategy, chief, train, labels, identities, t
     import numpy as np
     import tensorflow as tf
 
+    from tfmarket.callbacks import LearningRateLogger, Throughput
     from tfmarket.data.pipeline import train_dataset
     from tfmarket.evaluation import ValidationCallback
     from tfmarket.model import build_model
@@ -322,7 +278,7 @@ def _fit(config, workdir, out_dir, strategy, chief, train, labels, identities, t
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         _prebuild_for_multi_worker(model, strategy, dataset_fn)
 
-    throughput = _Throughput(batch)
+    throughput = Throughput(batch)
     # double_checkpoint: a kill -9 while the weights are being written leaves the previous
     # epoch's copy to resume from.
     callbacks = [
@@ -337,7 +293,7 @@ def _fit(config, workdir, out_dir, strategy, chief, train, labels, identities, t
                                         log_dir=str(out_dir / "tensorboard"))
         callbacks.append(validation)
     callbacks += [
-        _LearningRateLogger(),
+        LearningRateLogger(),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), update_freq="epoch"),

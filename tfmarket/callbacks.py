@@ -1,0 +1,40 @@
+"""Small Keras callbacks used by ``tfmarket.train`` (imports Keras; the CLI imports it lazily)."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the current learning rate to the epoch logs (so TensorBoard plots it)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            )
+
+
+class Throughput(keras.callbacks.Callback):
+    """Training images/s per epoch, into the logs as ``images_per_second``.
+
+    Placed before the validation callback in the list, so validation time is not counted.
+    """
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.batch_size = batch_size
+        self.rates: list[float] = []
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.time() - self.start
+        self.seconds.append(seconds)
+        self.rates.append(self.params["steps"] * self.batch_size / max(seconds, 1e-9))
+        if logs is not None:
+            logs["images_per_second"] = self.rates[-1]
