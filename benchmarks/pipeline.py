@@ -28,14 +28,12 @@ forked from a process without TensorFlow's thread pools.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _report import machine_info, render_table, write_json  # benchmarks/_report.py
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -239,30 +237,9 @@ def format_table(rows: list[dict]) -> str:
         base = baseline.get(r["size"])
         ratio = f"{r['images_per_second'] / base:.2f}x" if base else "n/a"
         lines.append((r["pipeline"], r["size"], f"{r['images_per_second']:.1f}", ratio))
-    return render_table(header, lines)
+    return render_table(header, lines, left=(0,))
 
 
-def render_table(header, lines) -> str:
-    """Plain-text table: first column left-aligned, the others right-aligned."""
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
-
-    def fmt(cells):
-        return "  ".join(
-            str(c).ljust(w) if i == 0 else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    out = [fmt(header), "  ".join("-" * w for w in widths)]
-    return "\n".join(out + [fmt(line) for line in lines])
-
-
-def machine_info() -> dict:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,9 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows,
             "notes": notes,
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"\nwrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 

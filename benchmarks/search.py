@@ -48,10 +48,8 @@ peak RSS <= 4 GB (``--target-*``).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import resource
 import sys
 import time
@@ -61,6 +59,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from _report import machine_info, render_table, write_json  # benchmarks/_report.py
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -393,31 +392,9 @@ def format_table(rows: list[dict]) -> str:
             fmt(r["peak_rss_mb"], ".0f"), fmt(r["recall_at_10"], ".4f"),
             fmt(r["recall_at_100"], ".4f"), r["meets_target"],
         ))
-    return render_table(header, lines)
+    return render_table(header, lines, left=(1, 2, 9))
 
 
-def render_table(header, lines) -> str:
-    """Plain-text table: text columns left-aligned, numbers right-aligned."""
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
-    left = {1, 2, 9}
-
-    def fmt_line(cells):
-        return "  ".join(
-            str(c).ljust(w) if i in left else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    out = [fmt_line(header), "  ".join("-" * w for w in widths)]
-    return "\n".join(out + [fmt_line(line) for line in lines])
-
-
-def machine_info() -> dict:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -503,9 +480,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": {"numpy": np.__version__, "faiss": faiss.__version__},
             "rows": rows,
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"\nwrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 

@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _report import machine_info, render_table, write_json  # benchmarks/_report.py
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -279,18 +277,6 @@ def _row(framework, model, height, width, precision, xla, args, seconds, *, comp
     }
 
 
-def render_table(header, lines) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
-
-    def fmt(cells):
-        return "  ".join(
-            str(c).ljust(w) if i < 4 else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    out = [fmt(header), "  ".join("-" * w for w in widths)]
-    return "\n".join(out + [fmt(line) for line in lines])
-
 
 def format_table(rows, flops_per_image: dict[str, float], peak_gflops: float) -> str:
     baseline = {
@@ -314,7 +300,7 @@ def format_table(rows, flops_per_image: dict[str, float], peak_gflops: float) ->
         if peak_gflops:
             line.append(f"{peak_gflops * 1e9 / flops:.1f}" if flops else "n/a")
         lines.append(line)
-    return render_table(header, lines)
+    return render_table(header, lines, left=(0, 1, 2, 3))
 
 
 def flops_report(sizes, macs_by_size: dict[str, int], last_stride: int) -> tuple[str, dict]:
@@ -338,22 +324,6 @@ def flops_report(sizes, macs_by_size: dict[str, int], last_stride: int) -> tuple
         )
     return "\n".join(lines), per_image
 
-
-def machine_info() -> dict:
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -441,9 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows,
             "notes": notes,
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"\nwrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 
