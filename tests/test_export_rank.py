@@ -153,3 +153,14 @@ def test_parity_failure_aborts_and_leaves_nothing(exported, tmp_path, monkeypatc
         export_run(pathlib.Path(card["source_run"]), out, onnx=True, parity_images=2)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
+
+
+def test_rank_faiss_flat_search_equals_exact(exported, course_synth, tmp_path):
+    out, _, _ = exported
+    rankings = []
+    for search in ("exact", "faiss-flat"):
+        result_dir = tmp_path / search
+        assert rank_main(["--model", str(out / "model.onnx"), "--data", str(course_synth),
+                          "--out", str(result_dir), "--topk", "10", "--search", search]) == 0
+        rankings.append(read_reid(result_dir / "reid_test.txt"))
+    assert rankings[0] == rankings[1]
