@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,24 +21,40 @@ def _free_ports(count):
     return ports
 
 
-def test_two_workers_train_in_sync_and_only_the_chief_writes(tmp_path, course_synth):
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    workdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "tfmarket.train", "--config", str(ROOT / "configs/smoke.yaml"),
-           "--workdir", str(workdir), "--set", f"data.root={course_synth}",
-           "--set", "train.epochs=1", "--set", "train.steps_per_epoch=3"]
+def _train_command(workdir, data_root, *overrides):
+    return [sys.executable, "-m", "tfmarket.train", "--config", str(ROOT / "configs/smoke.yaml"),
+            "--workdir", str(workdir), "--set", f"data.root={data_root}",
+            *[arg for item in overrides for arg in ("--set", item)]]
+
+
+def _launch_workers(cmd, count=2):
+    """``count`` processes of ``cmd``, one per worker of a fresh 127.0.0.1 cluster."""
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(count)]
     procs = []
-    for index in range(2):
+    for index in range(count):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "3",
                "CUDA_VISIBLE_DEVICES": ""}
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, env=env))
+    return procs
+
+
+def _final_results(procs):
+    """Each worker's final JSON line; fails with its stderr if one did not exit cleanly."""
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def test_two_workers_train_in_sync_and_only_the_chief_writes(tmp_path, course_synth):
+    workdir = tmp_path / "run"
+    procs = _launch_workers(_train_command(workdir, course_synth,
+                                           "train.epochs=1", "train.steps_per_epoch=3"))
+    results = _final_results(procs)
     assert results[0]["replicas"] == results[1]["replicas"] == 2
     assert results[0]["weights_sha256"] == results[1]["weights_sha256"]
     for name in ("config.yaml", "model.keras", "metrics.json", "history.csv"):
@@ -45,3 +62,37 @@ def test_two_workers_train_in_sync_and_only_the_chief_writes(tmp_path, course_sy
     assert list((workdir / "tensorboard").rglob("events.out.tfevents*"))
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["replicas"] == 2 and metrics["global_batch"] == 2 * 4 * 4
+
+
+def test_killed_worker_job_restarts_from_the_last_backup(tmp_path, course_synth):
+    """kill -9 one worker mid-epoch, restart the job: both resume from the chief's backup."""
+    workdir = tmp_path / "run"
+    epochs = 4
+    cmd = _train_command(workdir, course_synth, f"train.epochs={epochs}",
+                         "train.steps_per_epoch=20", "train.eval_every=0")
+    procs = _launch_workers(cmd)
+    metadata = workdir / "backup" / "training_metadata.json"
+    deadline = time.time() + 400
+    while time.time() < deadline and all(proc.poll() is None for proc in procs):
+        try:
+            if json.loads(metadata.read_text())["epoch"] >= 1:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    assert all(proc.poll() is None for proc in procs), "a worker exited before the first backup"
+    procs[1].kill()  # the failure: one worker dies mid-epoch
+    procs[0].kill()  # the job is then restarted as a whole, as a scheduler does
+    for proc in procs:
+        proc.communicate(timeout=60)
+    saved = json.loads(metadata.read_text())["epoch"]
+    assert 1 <= saved < epochs
+    assert not (workdir / "model.keras").exists()
+
+    results = _final_results(_launch_workers(cmd))
+    # A kill during the chief's save leaves the previous epoch's copy (double checkpoint).
+    assert results[0]["epochs_run"] == results[1]["epochs_run"]
+    assert results[0]["epochs_run"] in (epochs - saved, epochs - saved + 1)
+    assert results[0]["weights_sha256"] == results[1]["weights_sha256"]
+    assert (workdir / "model.keras").is_file()
+    assert not (workdir / "backup").exists(), "the chief removes the backup when done"

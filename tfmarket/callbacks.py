@@ -38,3 +38,25 @@ class Throughput(keras.callbacks.Callback):
         self.rates.append(self.params["steps"] * self.batch_size / max(seconds, 1e-9))
         if logs is not None:
             logs["images_per_second"] = self.rates[-1]
+
+
+class SharedBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` in the shared run directory: every worker restores, the chief writes.
+
+    In a multi-worker job all workers must resume from the same epoch with the same weights, so
+    all of them read ``WORKDIR/backup`` at the start; only the chief (``writer``) saves it at
+    each epoch end and deletes it when training finishes. A single-host run is its own chief.
+    Two copies are kept (``double_checkpoint``) so a kill during a save leaves one to load.
+    """
+
+    def __init__(self, backup_dir: str, *, writer: bool):
+        super().__init__(backup_dir, double_checkpoint=True)
+        self.writer = writer
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.writer:
+            super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        if self.writer:
+            super().on_train_end(logs)

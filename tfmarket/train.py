@@ -225,7 +225,7 @@ def _fit(config, workdir, out_dir, strategy, chief, train, labels, identities, t
     import numpy as np
     import tensorflow as tf
 
-    from tfmarket.callbacks import LearningRateLogger, Throughput
+    from tfmarket.callbacks import LearningRateLogger, SharedBackupAndRestore, Throughput
     from tfmarket.data.pipeline import train_dataset
     from tfmarket.evaluation import ValidationCallback
     from tfmarket.model import build_model
@@ -241,7 +241,9 @@ def _fit(config, workdir, out_dir, strategy, chief, train, labels, identities, t
             f"data.ids_per_batch = {data.ids_per_batch} identities per batch, but only "
             f"{len(identities)} training identities ({workers} worker(s)); lower it")
 
-    done_epochs, best_so_far = previous_progress(out_dir / "history.csv")
+    # Read from the shared run directory by every worker, so all resume at the same step.
+    done_epochs = backup_epoch(workdir / "backup")
+    best_so_far = best_logged_map(workdir / "history.csv")
 
     def dataset_fn(context):
         # One call per worker (input pipeline): the worker trains on its own shard of the
@@ -279,12 +281,7 @@ def _fit(config, workdir, out_dir, strategy, chief, train, labels, identities, t
         _prebuild_for_multi_worker(model, strategy, dataset_fn)
 
     throughput = Throughput(batch)
-    # double_checkpoint: a kill -9 while the weights are being written leaves the previous
-    # epoch's copy to resume from.
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(out_dir / "backup"), double_checkpoint=True),
-        throughput,
-    ]
+    callbacks = [SharedBackupAndRestore(str(workdir / "backup"), writer=chief), throughput]
     validation = None
     has_val = len(val_query) > 0 and config.train.eval_every > 0
     if has_val:
@@ -409,16 +406,28 @@ def _per_replica_rank(value, strategy):
     return local[0].shape.rank if local else None
 
 
-def previous_progress(history_csv: Path) -> tuple[int, float | None]:
-    """(epochs logged, best val_mAP so far) of an interrupted run, (0, None) for a new one.
+def backup_epoch(backup_dir: Path) -> int:
+    """Epochs finished according to the ``BackupAndRestore`` state (0 for a new run).
 
-    Lets a resumed run continue the input stream where it stopped and keep ``best.keras``
-    from being overwritten by a worse model.
+    The resumed run continues the input stream from this epoch, as Keras does the epochs.
+    """
+    for name in ("training_metadata.json", "training_metadata.json.bkp"):
+        try:
+            return int(json.loads((backup_dir / name).read_text())["epoch"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return 0
+
+
+def best_logged_map(history_csv: Path) -> float | None:
+    """Best ``val_mAP`` logged by an interrupted run (None for a new one).
+
+    Keeps a resumed run's ``best.keras`` from being overwritten by a worse model.
     """
     import csv
 
     if not history_csv.is_file():
-        return 0, None
+        return None
     with history_csv.open() as handle:
         rows = list(csv.DictReader(handle))
     scores = []
@@ -429,7 +438,7 @@ def previous_progress(history_csv: Path) -> tuple[int, float | None]:
             continue
         if value == value:
             scores.append(value)
-    return len(rows), (max(scores) if scores else None)
+    return max(scores) if scores else None
 
 
 def weights_digest(model) -> str:
