@@ -103,3 +103,18 @@ def test_cli_errors_are_one_clear_line(tmp_path, override, message):
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_lost_worker_message_names_the_worker_and_the_backup_epoch(tmp_path):
+    from tfmarket.train import lost_worker_message
+
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "training_metadata.json").write_text('{"epoch": 3, "batch": 0}')
+    error = ("Collective ops is aborted by: Error reported from /job:worker/task:1: The following "
+             "tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\n"
+             "The tasks have crashed.")
+    message = lost_worker_message(error, backup)
+    assert "/job:worker/replica:0/task:1" in message
+    assert "epoch 3" in message and str(backup) in message
+    assert "\n" not in message

@@ -305,8 +305,13 @@ def _fit(config, workdir, out_dir, strategy, chief, train, labels, identities, t
             patience=config.train.early_stopping_patience, restore_best_weights=False))
 
     start = time.time()
-    history = model.fit(ds, epochs=config.train.epochs, steps_per_epoch=steps,
-                        callbacks=callbacks, verbose=2 if not sys.stdout.isatty() else 1)
+    try:
+        history = model.fit(ds, epochs=config.train.epochs, steps_per_epoch=steps,
+                            callbacks=callbacks, verbose=2 if not sys.stdout.isatty() else 1)
+    except (tf.errors.UnavailableError, tf.errors.AbortedError) as exc:
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise
+        raise TfmarketError(lost_worker_message(exc.message, workdir / "backup")) from None
     seconds = time.time() - start
     if not np.isfinite(history.history.get("loss", [0.0])[-1]):
         raise TfmarketError("training stopped: the loss became NaN (see history.csv)")
@@ -404,6 +409,17 @@ def _patch_scalar_reduction() -> None:
 def _per_replica_rank(value, strategy):
     local = strategy.experimental_local_results(value)
     return local[0].shape.rank if local else None
+
+
+def lost_worker_message(error: str, backup_dir: Path) -> str:
+    """One clear line for a multi-worker job whose collective ops were aborted."""
+    import re
+
+    lost = sorted(set(re.findall(r"^(/job:\S+)", error, re.MULTILINE)))
+    who = f"worker {', '.join(lost)} stopped responding" if lost else "a worker stopped"
+    return (f"{who}, so the multi-worker job stopped; restart every worker with the same "
+            f"command to resume from the last backup (epoch {backup_epoch(backup_dir)}, "
+            f"in {backup_dir})")
 
 
 def backup_epoch(backup_dir: Path) -> int:
