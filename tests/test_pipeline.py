@@ -179,3 +179,16 @@ def test_sampler_accepts_label_gaps(small_set):
     for batch in pk_batches(sub, 3, 2, seed=0).take(3):
         got = sub[batch.numpy()].reshape(3, 2)
         assert (got == got[:, :1]).all() and set(got[:, 0]) == {1, 3, 5}
+
+
+def test_training_set_over_the_cache_limit_is_read_from_disk(small_set, monkeypatch, capsys):
+    from tfmarket.data import pipeline
+
+    paths, labels = small_set
+    kwargs = dict(height=32, width=16, p=2, k=3, seed=7)
+    cached, _ = next(iter(train_dataset(paths, labels, {}, **kwargs)))
+    assert "reading them from disk" not in capsys.readouterr().err
+    monkeypatch.setattr(pipeline, "CACHE_LIMIT_BYTES", 100)
+    from_disk, _ = next(iter(train_dataset(paths, labels, {}, **kwargs)))
+    assert "exceed the 0 MB in-memory cache; reading them from disk" in capsys.readouterr().err
+    np.testing.assert_array_equal(cached.numpy(), from_disk.numpy())

@@ -13,6 +13,9 @@ uses stateless random ops keyed by (seed, position in the stream) so runs are re
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import tensorflow as tf
 
@@ -160,8 +163,21 @@ def augment_batch(images, seed, pad: int, flip: bool, erase_prob: float):
     return tf.gather(images, source, axis=2, batch_dims=2)
 
 
+# Cached file bytes become one tensor that tf.data may serialise with the dataset graph, and
+# serialised graphs are limited to 2 GB; larger training sets are read from disk instead.
+CACHE_LIMIT_BYTES = 1 << 30
+
+
 def _image_source(paths: list[str], cache_bytes: bool):
-    """Returns f(index) -> encoded bytes; holds file bytes in memory when ``cache_bytes``."""
+    """Returns f(index) -> encoded bytes; holds file bytes in memory when ``cache_bytes``.
+
+    Falls back to reading the files per step when they total more than ``CACHE_LIMIT_BYTES``.
+    """
+    if cache_bytes and sum(os.path.getsize(p) for p in paths) > CACHE_LIMIT_BYTES:
+        print(f"tfmarket: {len(paths)} training images exceed the "
+              f"{CACHE_LIMIT_BYTES >> 20} MB in-memory cache; reading them from disk",
+              file=sys.stderr)
+        cache_bytes = False
     if cache_bytes:
         blobs = tf.constant([_read_bytes(p) for p in paths])
         return lambda i: tf.gather(blobs, i)
