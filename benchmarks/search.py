@@ -1,4 +1,4 @@
-"""Gallery search at scale: exact numpy vs faiss Flat / IVF-Flat / IVF-PQ, on synthetic re-ID data.
+"""Gallery search at scale: exact numpy vs faiss Flat / IVF-Flat / IVF-PQ / IVF-PQ + refine.
 
     .venv/bin/python benchmarks/search.py [--gallery 1000000] [--dims 2048,512]
         [--queries 10000] [--skip-flat-above 4G] [--threads N] [--json results.json]
@@ -11,6 +11,10 @@ Every index is built and searched with tfmarket's own functions (:mod:`tfmarket.
 * ``ivf``: ``kind="ivf"`` (IVF-Flat), ``nlist`` ~ 4 sqrt(N), several ``nprobe``.
 * ``ivfpq``: ``kind="ivfpq"``, ``m = D / d_sub`` sub-quantisers of ``d_sub`` dims each
   (``--pq-sub-dims``, default 16 and 32), 8 bits per code, several ``nprobe``.
+* ``ivfpq-refine``: ``kind="ivfpq-refine"``, the same IVF-PQ (``--refine-sub-dims``, default
+  16) whose ``k_factor x 100`` candidates are re-ranked by 8-bit scalar-quantised vectors
+  (``--refine-types``, default ``sq8``; ``fp16`` doubles the codes), each built index searched
+  at every ``--refine-nprobe`` x ``--refine-k-factor`` pair (set with ``set_search_params``).
 
 faiss indexes are searched with :func:`faiss_topk` (k = 100).
 
@@ -26,7 +30,7 @@ every pass sees the same vectors; the 1M x 2048 float32 gallery (8 GB) never exi
 memory at once unless an index stores it. IVF indexes are trained on the first
 ``--train-size`` gallery vectors (the gallery order is random, so that is a random sample):
 ``build_faiss_index`` trains on them and adds them, the remaining chunks are then added with
-``index.add``.
+``add_to_faiss_index`` (``index.add`` with faiss's PQ-encoding scratch kept to 64 MB).
 
 Ground truth: exact top-100 by inner product, computed once per dim with one faiss
 ``IndexFlatIP`` per gallery chunk and a running top-100 merged chunk by chunk.
@@ -37,7 +41,8 @@ queries + results. "index MB" is ``faiss.serialize_index(index).nbytes`` (estima
 layout when that would copy more than 1 GB); for ``exact`` it is the gallery matrix
 (``cosine_topk`` also makes a transposed copy, counted in its peak RSS). Rows whose raw
 vectors would exceed ``--skip-flat-above`` bytes (exact: 2 x N x D x 4, flat: N x D x 4,
-ivf: N x (D x 4 + 8)) are not run and show "skipped (memory)".
+ivf: N x (D x 4 + 8), ivfpq-refine: N x (D x 1 or 2 + m + 8) for its refine codes and PQ
+codes) are not run and show "skipped (memory)".
 
 Timing: build = train + add (data generation excluded); search = one ``faiss_topk`` (or
 ``cosine_topk``) call over all queries after a small untimed warm-up, reported as seconds
@@ -65,9 +70,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tfmarket.search import build_faiss_index, cosine_topk, faiss_topk  # noqa: E402
+from tfmarket.search import (  # noqa: E402
+    add_to_faiss_index,
+    build_faiss_index,
+    cosine_topk,
+    faiss_topk,
+    set_search_params,
+)
 
 K = 100
+KINDS = ("exact", "flat", "ivf", "ivfpq", "ivfpq-refine")
+REFINE_BYTES = {"sq8": 1, "fp16": 2}  # refine-code bytes per dim
 MB = 1024 * 1024
 SERIALIZE_LIMIT = 1024 * MB
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -86,6 +99,12 @@ def parse_ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def parse_numbers(text: str) -> list[int | float]:
+    """'2,4,1.5' -> [2, 4, 1.5] (whole numbers as int, so they print as '4', not '4.0')."""
+    values = [float(x) for x in text.split(",") if x.strip()]
+    return [int(v) if v.is_integer() else v for v in values]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -93,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gallery", type=int, default=1_000_000, help="gallery size N")
     parser.add_argument("--dims", default="2048,512", help="embedding dims, default %(default)s")
     parser.add_argument("--queries", type=int, default=10_000, help="number of queries")
-    parser.add_argument("--kinds", default="exact,flat,ivf,ivfpq",
+    parser.add_argument("--kinds", default=",".join(KINDS),
                         help="rows to run, default %(default)s")
     parser.add_argument("--nlist", type=int, default=0, help="IVF cells (0: round(4 sqrt(N)))")
     parser.add_argument("--ivf-nprobe", default="8,16,32,64", help="IVF-Flat nprobe values")
@@ -101,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pq-sub-dims", default="16,32",
                         help="dims per PQ sub-quantiser (m = D / value), default %(default)s")
     parser.add_argument("--nbits", type=int, default=8, help="bits per PQ code")
+    parser.add_argument("--refine-nprobe", default="16,32,64",
+                        help="ivfpq-refine nprobe values, default %(default)s")
+    parser.add_argument("--refine-k-factor", default="4,8,16",
+                        help="ivfpq-refine candidates re-ranked per result (x 100), "
+                             "default %(default)s")
+    parser.add_argument("--refine-sub-dims", default="16",
+                        help="ivfpq-refine dims per PQ sub-quantiser, default %(default)s")
+    parser.add_argument("--refine-types", default="sq8",
+                        help="ivfpq-refine re-ranking codes (sq8, fp16), default %(default)s")
     parser.add_argument("--train-size", type=int, default=160_000,
                         help="IVF/PQ training sample (first gallery vectors), default "
                              "%(default)s (>= 39 x nlist avoids faiss's k-means warning)")
@@ -109,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exact-chunk", type=int, default=0,
                         help="cosine_topk query chunk (0: about 256 MB of distances)")
     parser.add_argument("--skip-flat-above", type=parse_bytes, default=4 * 1024**3,
-                        help="skip rows storing raw vectors above this many bytes "
-                             "(e.g. 4G, 512M), default 4 GiB")
+                        help="skip rows storing raw (or refine-code) vectors above this "
+                             "many bytes (e.g. 4G, 512M), default 4 GiB")
     parser.add_argument("--images-per-id", type=int, default=20, help="gallery images/identity")
     parser.add_argument("--ids-per-group", type=int, default=50,
                         help="identities per appearance group")
@@ -231,7 +259,10 @@ def estimate_index_bytes(spec: dict, n: int, dim: int) -> int:
     if spec["kind"] == "ivf":
         return n * (dim * 4 + 8) + nlist * dim * 4
     m, nbits = spec["m"], spec["nbits"]
-    return n * (m * nbits // 8 + 8) + nlist * dim * 4 + (2**nbits) * dim * 4
+    size = n * (m * nbits // 8 + 8) + nlist * dim * 4 + (2**nbits) * dim * 4
+    if spec["kind"] == "ivfpq-refine":
+        size += n * dim * REFINE_BYTES[spec["refine"]] + 2 * dim * 4  # codes + SQ ranges
+    return size
 
 
 def time_search(index, queries: np.ndarray) -> tuple[float, np.ndarray]:
@@ -270,7 +301,7 @@ def run_index(spec: dict, args) -> dict:
         out["searches"].append({"params": {"chunk_size": chunk}, "seconds": secs, "indices": idx})
         return out
 
-    params = {k: spec[k] for k in ("nlist", "m", "nbits") if k in spec}
+    params = {k: spec[k] for k in ("nlist", "m", "nbits", "refine") if k in spec}
     first_rows = min(n, args.chunk if spec["kind"] == "flat" else args.train_size)
     build_s = 0.0
     chunks = data.chunks()
@@ -288,24 +319,22 @@ def run_index(spec: dict, args) -> dict:
     t0 = time.perf_counter()
     index = build_faiss_index(sample, kind=spec["kind"], seed=args.seed, **params)
     if rest is not None and len(rest):
-        index.add(rest)
+        add_to_faiss_index(index, rest)
     build_s += time.perf_counter() - t0
     del sample, rest
     t_gen = time.perf_counter()
     for _, block in chunks:
         t0 = time.perf_counter()
         gen_s += t0 - t_gen
-        index.add(block)
+        add_to_faiss_index(index, block)
         t_gen = time.perf_counter()
         build_s += t_gen - t0
     assert index.ntotal == n, (index.ntotal, n)
 
-    for nprobe in spec.get("nprobes") or [None]:
-        if nprobe is not None:
-            index.nprobe = nprobe
+    for search in spec.get("searches") or [{}]:  # e.g. {"nprobe": 16, "k_factor": 4}
+        set_search_params(index, **search)
         secs, idx = time_search(index, queries)
-        out["searches"].append({"params": {"nprobe": nprobe} if nprobe else {},
-                                "seconds": secs, "indices": idx})
+        out["searches"].append({"params": search, "seconds": secs, "indices": idx})
     out["peak_rss_mb"] = peak_rss_mb()
     est = estimate_index_bytes(spec, n, dim)
     if est <= SERIALIZE_LIMIT:
@@ -337,21 +366,40 @@ def plan(args, dim: int) -> list[dict]:
         elif kind == "flat":
             specs.append({"kind": "flat", "dim": dim, "needs_bytes": n * dim * 4})
         elif kind == "ivf":
-            nprobes = sorted({min(p, nlist) for p in parse_ints(args.ivf_nprobe)})
-            specs.append({"kind": "ivf", "dim": dim, "nlist": nlist, "nprobes": nprobes,
+            searches = [{"nprobe": p} for p in nprobe_values(args.ivf_nprobe, nlist)]
+            specs.append({"kind": "ivf", "dim": dim, "nlist": nlist, "searches": searches,
                           "needs_bytes": n * (dim * 4 + 8)})
-        elif kind == "ivfpq":
-            nprobes = sorted({min(p, nlist) for p in parse_ints(args.pq_nprobe)})
-            for sub in parse_ints(args.pq_sub_dims):
+        elif kind in ("ivfpq", "ivfpq-refine"):
+            refine = kind == "ivfpq-refine"
+            nprobes = nprobe_values(args.refine_nprobe if refine else args.pq_nprobe, nlist)
+            if refine:
+                searches = [{"nprobe": p, "k_factor": f} for p in nprobes
+                            for f in parse_numbers(args.refine_k_factor)]
+                types = [t.strip() for t in args.refine_types.split(",") if t.strip()]
+                if unknown := sorted(set(types) - set(REFINE_BYTES)):
+                    raise SystemExit(f"unknown --refine-types {unknown}; valid: sq8, fp16")
+            else:
+                searches, types = [{"nprobe": p} for p in nprobes], [None]
+            for sub in parse_ints(args.refine_sub_dims if refine else args.pq_sub_dims):
                 if dim % sub or sub > dim:
-                    print(f"  dim {dim}: skipping ivfpq with {sub} dims per sub-quantiser "
+                    print(f"  dim {dim}: skipping {kind} with {sub} dims per sub-quantiser "
                           "(does not divide D)")
                     continue
-                specs.append({"kind": "ivfpq", "dim": dim, "nlist": nlist, "m": dim // sub,
-                              "nbits": args.nbits, "nprobes": nprobes, "needs_bytes": 0})
+                m = dim // sub
+                for rtype in types:
+                    spec = {"kind": kind, "dim": dim, "nlist": nlist, "m": m,
+                            "nbits": args.nbits, "searches": searches, "needs_bytes": 0}
+                    if refine:
+                        spec["refine"] = rtype
+                        spec["needs_bytes"] = n * (dim * REFINE_BYTES[rtype] + m + 8)
+                    specs.append(spec)
         else:
-            raise SystemExit(f"unknown kind {kind!r}; valid: exact, flat, ivf, ivfpq")
+            raise SystemExit(f"unknown kind {kind!r}; valid: {', '.join(KINDS)}")
     return specs
+
+
+def nprobe_values(text: str, nlist: int) -> list[int]:
+    return sorted({min(p, nlist) for p in parse_ints(text)})
 
 
 def spec_params(spec: dict) -> str:
@@ -360,6 +408,8 @@ def spec_params(spec: dict) -> str:
         parts.append(f"nlist={spec['nlist']}")
     if "m" in spec:
         parts.append(f"m={spec['m']} ({spec['dim'] // spec['m']}d/sub) nbits={spec['nbits']}")
+    if "refine" in spec:
+        parts.append(f"refine={spec['refine']}")
     return " ".join(parts)
 
 

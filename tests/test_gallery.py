@@ -79,3 +79,24 @@ def test_sharded_embedding_merges_into_the_full_store_and_searches(exported, cou
     faiss_flat = json.loads((tmp_path / "search2.json").read_text())
     assert [[r["file"] for r in v] for v in exact.values()] == \
         [[r["file"] for r in v] for v in faiss_flat.values()]
+
+
+def test_index_ivfpq_refine_keeps_its_search_settings(tmp_path):
+    faiss = pytest.importorskip("faiss")
+    from tfmarket.gallery import save_store
+    from tfmarket.search import cosine_topk, faiss_topk, l2_normalize
+
+    rng = np.random.default_rng(0)
+    emb = l2_normalize(rng.normal(size=(600, 32)))
+    save_store({"files": np.array([f"{i:04d}.jpg" for i in range(600)]), "embedding": emb,
+                "attributes": np.zeros((600, 27), dtype=np.int8)}, tmp_path / "g.npz")
+    assert main(["index", str(tmp_path / "g.npz"), "--kind", "ivfpq-refine", "--nlist", "8",
+                 "--m", "8", "--nprobe", "8", "--k-factor", "16", "--refine", "fp16",
+                 "--out", str(tmp_path / "g.faiss")]) == 0
+    index = faiss.read_index(str(tmp_path / "g.faiss"))
+    assert isinstance(index, faiss.IndexRefine) and index.k_factor == 16
+    assert faiss.extract_index_ivf(index).nprobe == 8
+    allowed = np.arange(0, 600, 3)
+    idx, _ = faiss_topk(index, emb[:20], 5, allowed=allowed)  # what `search --where` runs
+    local, _ = cosine_topk(emb[:20], emb[allowed], 5)
+    np.testing.assert_array_equal(idx, allowed[local])

@@ -5,6 +5,7 @@ attribute filters, for galleries too large for one process.
     python -m tfmarket.gallery embed --model M.onnx --images DIR --shard 0/4 --out s0.npz
     python -m tfmarket.gallery merge s0.npz s1.npz s2.npz s3.npz --out gallery.npz
     python -m tfmarket.gallery index gallery.npz --kind ivf --out gallery.faiss
+    #   (millions of images: --kind ivfpq-refine --nlist 4096 --m 128 --nprobe 32 --k-factor 8)
     # query by image and attributes together
     python -m tfmarket.gallery search --model M.onnx --store gallery.npz --index gallery.faiss \
         --query q/ --topk 20 --where "upred, backpack"
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tfmarket.errors import DataError, TfmarketError
+from tfmarket.search import FAISS_KINDS, REFINE_TYPES
 
 STORE_KEYS = ("files", "embedding", "attributes")
 
@@ -158,7 +160,7 @@ def _cmd_index(args) -> dict:
 
     store = load_store(args.store)
     index = build_faiss_index(store["embedding"], kind=args.kind, nlist=args.nlist, m=args.m,
-                              nprobe=args.nprobe)
+                              nprobe=args.nprobe, k_factor=args.k_factor, refine=args.refine)
     faiss.write_index(index, str(args.out))
     return {"out": args.out, "kind": args.kind, "images": int(index.ntotal)}
 
@@ -215,10 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_cmd_merge)
     i = sub.add_parser("index", help="build a faiss index over a store")
     i.add_argument("store")
-    i.add_argument("--kind", default="flat", choices=["flat", "ivf", "ivfpq"])
+    i.add_argument("--kind", default="flat", choices=FAISS_KINDS,
+                   help="ivfpq-refine: IVF-PQ candidates re-ranked by 8-bit (or fp16) codes, "
+                        "near-exact at D (2D) bytes a vector")
     i.add_argument("--nlist", type=int, default=1024)
-    i.add_argument("--m", type=int, default=64, help="PQ sub-quantisers (ivfpq)")
-    i.add_argument("--nprobe", type=int, default=16)
+    i.add_argument("--m", type=int, default=64, help="PQ sub-quantisers (ivfpq, ivfpq-refine)")
+    i.add_argument("--nprobe", type=int, default=16, help="IVF cells visited per query")
+    i.add_argument("--k-factor", type=float, default=8.0,
+                   help="ivfpq-refine: candidates re-ranked per wanted result (default 8)")
+    i.add_argument("--refine", default="sq8", choices=REFINE_TYPES,
+                   help="ivfpq-refine: re-ranking codes, sq8 (D bytes a vector) or fp16 (2D)")
     i.add_argument("--out", required=True)
     i.set_defaults(func=_cmd_index)
     s = sub.add_parser("search", help="rank a store for query images, optionally filtered")

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from tfmarket.errors import DataError, TfmarketError
+from tfmarket.search import FAISS_KINDS
 
-SEARCHES = ("exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq")
+SEARCHES = ("exact", *(f"faiss-{kind}" for kind in FAISS_KINDS))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,14 +7,24 @@ Exact search (:func:`cosine_topk`) works chunk by chunk: at most ``chunk_size x 
 distances live at a time. Results are ordered by ascending distance, equal distances by
 gallery index, i.e. exactly the first k columns of a stable full argsort.
 
-faiss is optional and imported only by :func:`build_faiss_index` / :func:`faiss_topk`.
+Approximate search uses faiss (:func:`build_faiss_index`, searched with :func:`faiss_topk`):
+``flat`` (exact) and ``ivf`` (IVF-Flat) store 4 x D bytes a vector, ``ivfpq`` (IVF + product
+quantiser) ``m`` bytes (fast, coarse ranking), ``ivfpq-refine`` re-ranks ``k_factor x k``
+IVF-PQ candidates with D-byte 8-bit scalar-quantised copies (or 2 x D-byte float16 ones):
+near-exact top-k at a quarter (half) of IVF-Flat's memory.
+
+faiss is optional and imported only by the functions that need it.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
-FAISS_KINDS = ("flat", "ivf", "ivfpq")
+FAISS_KINDS = ("flat", "ivf", "ivfpq", "ivfpq-refine")
+REFINE_TYPES = ("sq8", "fp16")  # ivfpq-refine re-ranking codes: 1 or 2 bytes a dim
+PQ_ENCODE_BYTES = 64 * 1024 * 1024  # scratch allowed for faiss's PQ encoder, see _bounded_pq_add
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -136,20 +146,34 @@ def build_faiss_index(
     nbits: int = 8,
     nprobe: int = 10,
     seed: int = 1234,
+    k_factor: float = 8.0,
+    refine: str = "sq8",
 ):
     """A faiss inner-product index over L2-normalised gallery embeddings.
 
+    Memory per gallery vector (D dims): ``flat`` / ``ivf`` 4 x D bytes, ``ivfpq`` m x nbits / 8
+    bytes (+ 8 for the id), ``ivfpq-refine`` that plus D (``sq8``) or 2 x D (``fp16``) bytes;
+    e.g. 1M x 2048 with m=128: flat 8.2 GB, ivfpq 0.14 GB, ivfpq-refine sq8 2.2 GB.
+
     Args:
-        gallery_emb: float32 [M, D], L2-normalised.
-        kind: ``"flat"`` (exact), ``"ivf"`` (IVF-Flat) or ``"ivfpq"`` (IVF + product quantiser).
+        gallery_emb: float32 [M, D], L2-normalised; also the training set of IVF/PQ/SQ.
+        kind: ``"flat"`` (exact), ``"ivf"`` (IVF-Flat), ``"ivfpq"`` (IVF + product quantiser)
+            or ``"ivfpq-refine"`` (IVF-PQ candidates re-ranked by scalar-quantised vectors,
+            a faiss ``IndexRefine`` around an ``IndexIVFPQ``).
         nlist: IVF cells (needs M >= nlist training vectors).
         m: PQ sub-quantisers (D must be divisible by m).
         nbits: bits per PQ code (needs M >= 2**nbits training vectors).
         nprobe: IVF cells visited per query (recall/speed trade-off).
         seed: k-means seed, for reproducible IVF/PQ training.
+        k_factor: ``ivfpq-refine`` only: the IVF-PQ stage returns ``k_factor x k`` candidates
+            per query, which are re-ranked by the refine codes (>= 1; recall/speed trade-off).
+        refine: ``ivfpq-refine`` only: re-ranking codes, ``"sq8"`` (8-bit scalar quantiser,
+            D bytes a vector) or ``"fp16"`` (2 x D bytes, near-exact).
 
     Returns:
-        A trained faiss index holding the gallery in its original order (ids 0..M-1).
+        A trained faiss index holding the gallery in its original order (ids 0..M-1); nprobe
+        and k_factor are stored in it (and saved by ``faiss.write_index``); change them with
+        :func:`set_search_params`.
     """
     faiss = _import_faiss()
     g = np.ascontiguousarray(gallery_emb, dtype=np.float32)
@@ -158,28 +182,121 @@ def build_faiss_index(
     num, dim = g.shape
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
-    elif kind in ("ivf", "ivfpq"):
+    elif kind in ("ivf", "ivfpq", "ivfpq-refine"):
         if num < nlist:
             raise ValueError(f"{kind} with nlist={nlist} needs at least {nlist} vectors, got {num}")
         quantizer = faiss.IndexFlatIP(dim)
         if kind == "ivf":
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index = ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         else:
             if dim % m:
-                raise ValueError(f"ivfpq needs D divisible by m; D={dim}, m={m}")
+                raise ValueError(f"{kind} needs D divisible by m; D={dim}, m={m}")
             if num < 2**nbits:
-                raise ValueError(f"ivfpq with nbits={nbits} needs >= {2**nbits} vectors, got {num}")
-            index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
-        # faiss's Python wrapper keeps the quantiser alive (index.referenced_objects).
-        index.cp.seed = seed
-        if kind == "ivfpq":
-            index.pq.cp.seed = seed
+                raise ValueError(
+                    f"{kind} with nbits={nbits} needs >= {2**nbits} vectors, got {num}")
+            index = ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits,
+                                           faiss.METRIC_INNER_PRODUCT)
+            ivf.pq.cp.seed = seed
+        # faiss's Python wrapper keeps sub-indexes alive (index.referenced_objects).
+        ivf.cp.seed = seed
+        if kind == "ivfpq-refine":
+            if refine not in REFINE_TYPES:
+                raise ValueError(f"unknown refine {refine!r}; valid: {', '.join(REFINE_TYPES)}")
+            qtype = (faiss.ScalarQuantizer.QT_8bit if refine == "sq8"
+                     else faiss.ScalarQuantizer.QT_fp16)
+            codes = faiss.IndexScalarQuantizer(dim, qtype, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexRefine(ivf, codes)  # train/add go to both
         index.train(g)
-        index.nprobe = int(nprobe)
+        set_search_params(index, nprobe=nprobe,
+                          k_factor=k_factor if kind == "ivfpq-refine" else None)
     else:
         raise ValueError(f"unknown faiss index kind {kind!r}; valid: {', '.join(FAISS_KINDS)}")
-    index.add(g)
+    with _bounded_pq_add(faiss, index):
+        index.add(g)
     return index
+
+
+def add_to_faiss_index(index, emb: np.ndarray) -> None:
+    """Appends embeddings to a :func:`build_faiss_index` index (ids continue from ntotal).
+
+    Prefer this to ``index.add`` for ``ivfpq`` / ``ivfpq-refine``: it bounds faiss's PQ
+    encoding scratch (see :data:`PQ_ENCODE_BYTES`), which is otherwise gigabytes.
+
+    Args:
+        index: faiss index over D-dim vectors.
+        emb: float32 [n, D], L2-normalised.
+    """
+    faiss = _import_faiss()
+    x = np.ascontiguousarray(emb, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != index.d:
+        raise ValueError(f"emb must be [n, {index.d}], got shape {x.shape}")
+    with _bounded_pq_add(faiss, index):
+        index.add(x)
+
+
+@contextlib.contextmanager
+def _bounded_pq_add(faiss, index):
+    """Caps faiss's PQ encoder block while adding to an IVF-PQ index.
+
+    ``ProductQuantizer::compute_codes`` allocates float32 distance tables of
+    n x 256 x m for its whole block (up to 32,768 vectors per IVF-PQ add batch): 4.3 GB at
+    m=128 (2048-d, 16 dims a sub-quantiser), more than the index itself. The block size is a
+    faiss global (``cvar.product_quantizer_compute_codes_bs``), restored afterwards; smaller
+    blocks encode no slower.
+    """
+    ivf = faiss.try_extract_index_ivf(index)
+    pq = getattr(faiss.downcast_index(ivf), "pq", None) if ivf is not None else None
+    old = faiss.cvar.product_quantizer_compute_codes_bs
+    if pq is not None:
+        per_vector = pq.ksub * pq.M * 4
+        faiss.cvar.product_quantizer_compute_codes_bs = max(
+            1, min(old, PQ_ENCODE_BYTES // per_vector))
+    try:
+        yield
+    finally:
+        faiss.cvar.product_quantizer_compute_codes_bs = old
+
+
+def set_search_params(index, nprobe: int | None = None, k_factor: float | None = None) -> None:
+    """Sets the search-time knobs of a :func:`build_faiss_index` (or ``faiss.read_index``) index.
+
+    Args:
+        index: faiss index; ``nprobe`` needs an IVF one (also inside an ``IndexRefine``),
+            ``k_factor`` an ``IndexRefine`` (``ivfpq-refine``).
+        nprobe: IVF cells visited per query (clipped to nlist by faiss); None: unchanged.
+        k_factor: candidates re-ranked per wanted result (>= 1); None: unchanged.
+    """
+    faiss = _import_faiss()
+    if nprobe is not None:
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is None:
+            raise ValueError(f"nprobe needs an IVF index, got {type(index).__name__}")
+        if nprobe < 1:
+            raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+        ivf.nprobe = int(nprobe)
+    if k_factor is not None:
+        if not isinstance(index, faiss.IndexRefine):
+            raise ValueError(f"k_factor needs an ivfpq-refine index, got {type(index).__name__}")
+        if k_factor < 1:
+            raise ValueError(f"k_factor must be >= 1, got {k_factor}")
+        index.k_factor = float(k_factor)
+
+
+def _filter_params(faiss, index, selector):
+    """faiss SearchParameters restricting ``index``'s search to ``selector``'s ids.
+
+    An ``IndexRefine`` accepts only ``IndexRefineSearchParameters``; the selector goes to its
+    base (IVF) index, so every candidate it re-ranks is an allowed id. Parameters replace
+    the index's own settings, so nprobe and k_factor are copied from the index.
+    """
+    if isinstance(index, faiss.IndexRefine):
+        base = _filter_params(faiss, faiss.downcast_index(index.base_index), selector)
+        return faiss.IndexRefineSearchParameters(k_factor=index.k_factor,
+                                                 base_index_params=base)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
+    return faiss.SearchParameters(sel=selector)
 
 
 def faiss_topk(index, query_emb: np.ndarray, k: int,
@@ -192,7 +309,8 @@ def faiss_topk(index, query_emb: np.ndarray, k: int,
         k: neighbours per query; clipped to the index size.
         allowed: optional int64 [A] gallery ids the search may return (e.g. the images whose
             predicted attributes match a filter); applied inside faiss's search
-            (``IDSelectorBatch``), so filtered results still fill k slots when possible.
+            (``IDSelectorBatch``; for ``ivfpq-refine`` in its IVF-PQ stage, so only allowed
+            ids are re-ranked), so filtered results still fill k slots when possible.
 
     Returns:
         (indices int64 [N, k], distances float32 [N, k] = 1 - inner product), ascending,
@@ -211,11 +329,8 @@ def faiss_topk(index, query_emb: np.ndarray, k: int,
         faiss = _import_faiss()
         allowed = np.ascontiguousarray(allowed, dtype=np.int64)
         selector = faiss.IDSelectorBatch(allowed)
-        if hasattr(index, "nprobe"):
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe)
-        else:
-            params = faiss.SearchParameters(sel=selector)
-        sims, idx = index.search(q, k, params=params)
+        # the params objects hold references to the selector / base params they are given
+        sims, idx = index.search(q, k, params=_filter_params(faiss, index, selector))
     idx = idx.astype(np.int64)
     dist = (1.0 - sims).astype(np.float32)
     dist[idx < 0] = np.inf
