@@ -28,10 +28,12 @@ def _train_command(workdir, data_root, *overrides):
 
 
 def _launch_workers(cmd, count=2):
-    """``count`` processes of ``cmd``, one per worker of a fresh 127.0.0.1 cluster."""
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(count)]
+    """``count`` processes of ``cmd`` (or of each command of a list of them), one per worker
+    of a fresh 127.0.0.1 cluster."""
+    commands = cmd if isinstance(cmd[0], list) else [cmd] * count
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(len(commands))]
     procs = []
-    for index in range(count):
+    for index, cmd in enumerate(commands):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "3",
                "CUDA_VISIBLE_DEVICES": ""}
@@ -96,3 +98,18 @@ def test_killed_worker_job_restarts_from_the_last_backup(tmp_path, course_synth)
     assert results[0]["weights_sha256"] == results[1]["weights_sha256"]
     assert (workdir / "model.keras").is_file()
     assert not (workdir / "backup").exists(), "the chief removes the backup when done"
+
+
+def test_workers_that_would_resume_from_different_epochs_all_stop(tmp_path, course_synth):
+    """A run directory that is not shared: only the chief sees the backup; nobody trains."""
+    chief_dir, other_dir = tmp_path / "chief", tmp_path / "other"
+    (chief_dir / "backup").mkdir(parents=True)
+    (chief_dir / "backup" / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
+    procs = _launch_workers([_train_command(workdir, course_synth, "train.epochs=2")
+                             for workdir in (chief_dir, other_dir)])
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 2, err[-3000:]
+        assert "resume from different epochs" in err and "all workers share" in err
+        assert "Traceback" not in err
+    assert not (chief_dir / "model.keras").exists()

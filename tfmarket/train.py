@@ -244,6 +244,8 @@ def _fit(config, workdir, out_dir, strategy, chief, train, labels, identities, t
     # Read from the shared run directory by every worker, so all resume at the same step.
     done_epochs = backup_epoch(workdir / "backup")
     best_so_far = best_logged_map(workdir / "history.csv")
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _check_same_resume_epoch(strategy, done_epochs, workdir / "backup")
 
     def dataset_fn(context):
         # One call per worker (input pipeline): the worker trains on its own shard of the
@@ -361,6 +363,25 @@ def _prebuild_for_multi_worker(model, strategy, dataset_fn) -> None:
         model._symbolic_build(data_batch=spec)
     model._maybe_symbolic_build = lambda *args, **kwargs: None
     _patch_scalar_reduction()
+
+
+def _check_same_resume_epoch(strategy, done_epochs: int, backup_dir: Path) -> None:
+    """Stops every worker, with one clear line, unless all resume from the same epoch.
+
+    Workers that disagree (a run directory that is not on shared storage, so only the chief
+    sees its backup) would otherwise train different numbers of steps and hang or diverge.
+    All workers compute the same spread of the epochs, so all of them stop together.
+    """
+    import tensorflow as tf
+
+    local = strategy.experimental_distribute_values_from_function(
+        lambda _context: tf.constant([done_epochs, done_epochs**2], tf.float32))
+    mean, mean_square = strategy.reduce("MEAN", local, axis=None).numpy()
+    if mean_square - mean**2 > 1e-3:
+        raise TfmarketError(
+            f"the workers would resume from different epochs (this worker: {done_epochs}, "
+            f"mean over workers: {mean:g}); every worker must read the chief's backup in "
+            f"{backup_dir}: put the run directory on storage all workers share")
 
 
 def _average_non_trainable(model, strategy) -> None:
