@@ -106,7 +106,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, override, message):
 
 
 def test_lost_worker_message_names_the_worker_and_the_backup_epoch(tmp_path):
-    from tfmarket.train import lost_worker_message
+    from tfmarket.multiworker import lost_worker_message
 
     backup = tmp_path / "backup"
     backup.mkdir()

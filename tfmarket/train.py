@@ -20,11 +20,23 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tfmarket.errors import ConfigError, TfmarketError
 
+if TYPE_CHECKING:  # for annotations only: at run time these would load Keras on --help
+    import numpy as np
+
+    from tfmarket.callbacks import Throughput
+    from tfmarket.data.market1501 import Records
+    from tfmarket.evaluation import ValidationCallback
+
 DONE_MARKER = "metrics.json"
+# What training writes in the run directory; --restart removes it (the data stays).
+TRAINING_STATE = ("backup", "tensorboard", "best.keras", "model.keras", "history.csv",
+                  DONE_MARKER)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,31 +75,351 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def prepare_data(config, workdir: Path):
-    """Reads (or generates) the dataset and carves the validation split.
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one worker of a run reads and writes.
 
-    Returns (dataset, train_records, val_query, val_gallery).
+    Every worker reads the resume state (``backup/``, ``history.csv``) from the shared
+    ``run_dir``, so all of them resume at the same step; only the chief writes there. The other
+    workers write their (identical) checkpoints and logs to a temporary ``out_dir``.
     """
+
+    run_dir: Path
+    out_dir: Path  # run_dir on the chief
+    chief: bool
+
+    @property
+    def backup_dir(self) -> Path:
+        """The ``BackupAndRestore`` state: written by the chief, restored by every worker."""
+        return self.run_dir / "backup"
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The training split, its labels and targets, and the validation split.
+
+    ``records`` and the per-image arrays are parallel, N = ``len(records)`` training images.
+    """
+
+    records: Records  # the training images
+    labels: np.ndarray  # int64 [N]: identity label 0..num_identities-1 of each image
+    identities: np.ndarray  # int64 [num_identities]: dataset pid of each label
+    targets: dict[str, np.ndarray]  # attribute head -> int32 [N], -1 where not annotated
+    val_query: Records
+    val_gallery: Records
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """How the steps are run; reported in metrics.json under these names."""
+
+    replicas: int  # replicas in sync over all workers
+    precision: str  # Keras mixed-precision policy, e.g. "float32"
+    global_batch: int  # images per step over all replicas
+    steps_per_epoch: int
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What ``model.fit`` did in this session."""
+
+    logs: dict[str, list[float]]  # Keras ``History.history``: log key -> one value per epoch
+    seconds: float  # wall time of ``fit``, validation included
+
+
+def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) -> dict:
+    """Trains per ``config`` into ``workdir``; returns the metrics dict (also in metrics.json)."""
+    workdir = Path(workdir)
+    if restart and workdir.exists():
+        _remove_training_state(workdir)
+    if (workdir / DONE_MARKER).is_file():
+        return {"status": "already complete"}
+
+    import keras
+
+    from tfmarket.config import save_config
+    from tfmarket.distribute import choose_strategy, is_chief, resolve_precision
+
+    strategy = choose_strategy(cpu_replicas)
+    chief = is_chief(strategy)
+    # Only the chief writes the run directory; other workers of a multi-worker job write their
+    # (identical) checkpoints and logs to a temporary folder that is removed at the end.
+    out_dir = workdir if chief else Path(tempfile.mkdtemp(prefix="tfmarket-worker-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = RunPaths(run_dir=workdir, out_dir=out_dir, chief=chief)
+    if chief:
+        save_config(config, workdir / "config.yaml")
+    keras.utils.set_random_seed(config.train.seed)
+
+    data = load_training_data(config.data, out_dir)
+
+    precision = resolve_precision(config.train.precision)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        return _train(config, paths, strategy, data, precision)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+        if not chief:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _remove_training_state(workdir: Path) -> None:
+    """``--restart``: deletes what training wrote (``config.yaml`` is rewritten, the data in
+    ``synthetic/`` is kept)."""
+    for name in TRAINING_STATE:
+        target = workdir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def load_training_data(data_cfg, workdir: Path) -> TrainingData:
+    """Reads the dataset (generating a synthetic one in ``workdir/synthetic`` when
+    ``data_cfg.root`` is empty), carves the validation split and labels the identities."""
     from tfmarket.data.check import require_readable
     from tfmarket.data.market1501 import load_dataset
-    from tfmarket.data.split import default_val_ids, split_validation
+    from tfmarket.data.split import default_val_ids, relabel, split_validation
 
-    data = config.data
-    root = data.root
+    root = data_cfg.root
     if not root:
         from tfmarket.data.synthetic import write_synthetic
 
         root = workdir / "synthetic"
         if not root.is_dir():
-            write_synthetic(root, layout="course", num_train_ids=data.synth_train_ids,
-                            num_test_ids=data.synth_test_ids,
-                            images_per_id=data.synth_images_per_id, seed=data.seed)
-    dataset = load_dataset(root, data.layout)
+            write_synthetic(root, layout="course", num_train_ids=data_cfg.synth_train_ids,
+                            num_test_ids=data_cfg.synth_test_ids,
+                            images_per_id=data_cfg.synth_images_per_id, seed=data_cfg.seed)
+    dataset = load_dataset(root, data_cfg.layout)
     require_readable(dataset.train.paths)
     num_ids = len(set(dataset.train.pids.tolist()))
-    val_ids = data.val_ids if data.val_ids > 0 else default_val_ids(num_ids)
-    train, val_query, val_gallery = split_validation(dataset.train, val_ids, data.seed)
-    return dataset, train, val_query, val_gallery
+    val_ids = data_cfg.val_ids if data_cfg.val_ids > 0 else default_val_ids(num_ids)
+    train, val_query, val_gallery = split_validation(dataset.train, val_ids, data_cfg.seed)
+    labels, identities = relabel(train.pids)
+    return TrainingData(records=train, labels=labels, identities=identities,
+                        targets=attribute_targets(train), val_query=val_query,
+                        val_gallery=val_gallery)
+
+
+def _train(config, paths: RunPaths, strategy, data: TrainingData, precision: str) -> dict:
+    """Builds the input, model and callbacks under ``strategy``, trains, saves the model and
+    (on the chief) metrics.json; returns the metrics. See :func:`run`."""
+    from tfmarket.callbacks import Throughput
+    from tfmarket.multiworker import (
+        average_non_trainable,
+        check_same_resume_epoch,
+        is_multi_worker,
+        prebuild_for_multi_worker,
+        worker_count,
+    )
+    from tfmarket.resume import backup_epoch, best_logged_map
+
+    data_cfg, train_cfg = config.data, config.train
+    replicas = strategy.num_replicas_in_sync
+    global_batch = data_cfg.ids_per_batch * data_cfg.images_per_id * replicas
+    setup = TrainingSetup(
+        replicas=replicas, precision=precision, global_batch=global_batch,
+        steps_per_epoch=train_cfg.steps_per_epoch or max(1, len(data.records) // global_batch),
+    )
+    _require_enough_identities(len(data.identities), data_cfg.ids_per_batch,
+                               worker_count(strategy))
+    multi_worker = is_multi_worker(strategy)
+
+    # Read from the shared run directory by every worker, so all resume at the same step.
+    done_epochs = backup_epoch(paths.backup_dir)
+    best_so_far = best_logged_map(paths.run_dir / "history.csv")
+    if multi_worker:
+        check_same_resume_epoch(strategy, done_epochs, paths.backup_dir)
+
+    dataset_fn = _make_dataset_fn(data, data_cfg, first_step=done_epochs * setup.steps_per_epoch)
+    inputs = strategy.distribute_datasets_from_function(dataset_fn)
+    model = _compiled_model(config, strategy, len(data.identities), data.targets,
+                            setup.steps_per_epoch)
+    if multi_worker:
+        prebuild_for_multi_worker(model, strategy, dataset_fn)
+
+    throughput = Throughput(setup.global_batch)
+    validation = _validation_callback(data, data_cfg.height, data_cfg.width,
+                                      train_cfg.eval_every, paths.out_dir / "tensorboard")
+    callbacks = _callbacks(paths, throughput, validation, best_so_far,
+                           train_cfg.early_stopping_patience)
+    fit = _fit(model, inputs, callbacks, train_cfg.epochs, setup.steps_per_epoch,
+               lost_worker_backup=paths.backup_dir if multi_worker else None)
+
+    if multi_worker:
+        average_non_trainable(model, strategy)
+    model.save(paths.out_dir / "model.keras")
+    metrics = _run_metrics(model, fit, data, setup, throughput, validation)
+    if paths.chief:
+        (paths.run_dir / DONE_MARKER).write_text(json.dumps(metrics, indent=2, default=float))
+    return metrics
+
+
+def _require_enough_identities(num_identities: int, ids_per_batch: int, workers: int) -> None:
+    """Each worker samples its P x K batches from its own share of the identities, so every
+    share needs at least ``ids_per_batch`` of them."""
+    if num_identities // max(workers, 1) < ids_per_batch:
+        raise ConfigError(
+            f"data.ids_per_batch = {ids_per_batch} identities per batch, but only "
+            f"{num_identities} training identities ({workers} worker(s)); lower it")
+
+
+def _make_dataset_fn(data: TrainingData, data_cfg, *, first_step: int):
+    """The ``dataset_fn`` for ``strategy.distribute_datasets_from_function``.
+
+    It maps a worker's ``tf.distribute.InputContext`` to that worker's endless dataset of
+    per-replica batches: (images float32 [B, H, W, 3] in [0, 255], targets per model output,
+    see :func:`_model_targets`), B = ids_per_batch * images_per_id. ``first_step`` is the
+    number of steps already trained, so a resumed run continues the input stream.
+    """
+    import numpy as np
+
+    from tfmarket.data.pipeline import train_dataset
+
+    def dataset_fn(context):
+        # One call per worker (input pipeline): the worker trains on its own shard of the
+        # identities and yields per-replica batches of whole identities.
+        shard = data.labels % context.num_input_pipelines == context.input_pipeline_id
+        index = np.flatnonzero(shard)
+        ds = train_dataset(
+            [data.records.paths[i] for i in index], data.labels[index],
+            {h: t[index] for h, t in data.targets.items()},
+            height=data_cfg.height, width=data_cfg.width, p=data_cfg.ids_per_batch,
+            k=data_cfg.images_per_id, seed=data_cfg.seed + 1000 * context.input_pipeline_id,
+            pad=data_cfg.pad, flip=data_cfg.flip, erase_prob=data_cfg.erase_prob,
+            cache_bytes=data_cfg.cache, first_step=first_step,
+        )
+        return ds.map(lambda x, y: (x, _model_targets(y)))
+
+    return dataset_fn
+
+
+def _compiled_model(config, strategy, num_identities: int, targets: dict[str, np.ndarray],
+                    steps_per_epoch: int):
+    """The training model, compiled with its losses, optimizer and metrics.
+
+    Built under ``strategy.scope()`` so its variables are mirrored across replicas.
+    ``targets`` (attribute head -> int32 [N]) set the attribute losses' class weights.
+    """
+    from tfmarket.model import build_model
+
+    model_cfg = config.model
+    with strategy.scope():
+        model = build_model(
+            num_identities, height=config.data.height, width=config.data.width,
+            backbone=model_cfg.backbone, weights=model_cfg.weights or None,
+            last_stride=model_cfg.last_stride, pooling=model_cfg.pooling,
+            embedding_dim=model_cfg.embedding_dim, dropout=model_cfg.dropout,
+        )
+        losses, loss_weights = build_losses(config, targets)
+        model.compile(
+            optimizer=build_optimizer(config.train, steps_per_epoch),
+            loss=losses, loss_weights=loss_weights, metrics=build_metrics(),
+            jit_compile=config.train.jit_compile,
+        )
+    return model
+
+
+def _validation_callback(data: TrainingData, height: int, width: int, every: int,
+                         log_dir: Path) -> ValidationCallback | None:
+    """Validation mAP / Rank-k / attribute mA every ``every`` epochs; None when there is no
+    validation split or ``every`` is 0."""
+    from tfmarket.evaluation import ValidationCallback
+
+    if len(data.val_query) == 0 or every <= 0:
+        return None
+    return ValidationCallback(data.val_query, data.val_gallery, height, width, every=every,
+                              log_dir=str(log_dir))
+
+
+def _callbacks(paths: RunPaths, throughput: Throughput, validation: ValidationCallback | None,
+               best_so_far: float | None, early_stopping_patience: int) -> list:
+    """The ``fit`` callbacks, in the order they must run.
+
+    The backup comes first, so the weights and epoch are restored before any other callback
+    starts. Throughput precedes
+    validation, so validation time is not counted. Validation precedes the loggers,
+    ``ModelCheckpoint`` and ``EarlyStopping``, which read the ``val_*`` logs it adds.
+    ``best_so_far`` (an interrupted run's best val_mAP) keeps ``best.keras`` from being
+    overwritten by a worse model.
+    """
+    import keras
+
+    from tfmarket.callbacks import LearningRateLogger, SharedBackupAndRestore
+
+    out_dir = paths.out_dir
+    callbacks = [SharedBackupAndRestore(str(paths.backup_dir), writer=paths.chief), throughput]
+    if validation is not None:
+        callbacks.append(validation)
+    callbacks += [
+        LearningRateLogger(),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), update_freq="epoch"),
+    ]
+    if validation is not None:
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            str(out_dir / "best.keras"), monitor="val_mAP", mode="max", save_best_only=True,
+            initial_value_threshold=best_so_far))
+    if early_stopping_patience > 0:
+        has_val = validation is not None
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_mAP" if has_val else "loss", mode="max" if has_val else "min",
+            patience=early_stopping_patience, restore_best_weights=False))
+    return callbacks
+
+
+def _fit(model, inputs, callbacks: list, epochs: int, steps_per_epoch: int, *,
+         lost_worker_backup: Path | None) -> FitResult:
+    """``model.fit`` on the distributed ``inputs``; stops with one clear line on a NaN loss.
+
+    ``lost_worker_backup`` is the backup folder of a multi-worker job: a lost worker then ends
+    the run with one line naming it and the epoch to resume from. None for a single-host run,
+    whose errors propagate unchanged.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from tfmarket.multiworker import lost_worker_message
+
+    start = time.time()
+    try:
+        history = model.fit(inputs, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                            callbacks=callbacks, verbose=2 if not sys.stdout.isatty() else 1)
+    except (tf.errors.UnavailableError, tf.errors.AbortedError) as exc:
+        if lost_worker_backup is None:
+            raise
+        raise TfmarketError(lost_worker_message(exc.message, lost_worker_backup)) from None
+    seconds = time.time() - start
+    if not np.isfinite(history.history.get("loss", [0.0])[-1]):
+        raise TfmarketError("training stopped: the loss became NaN (see history.csv)")
+    return FitResult(logs=history.history, seconds=seconds)
+
+
+def _run_metrics(model, fit: FitResult, data: TrainingData, setup: TrainingSetup,
+                 throughput: Throughput, validation: ValidationCallback | None) -> dict:
+    """The run's summary: metrics.json and the return value of :func:`run`."""
+    return {
+        "status": "complete",
+        "epochs_run": len(fit.logs.get("loss", [])),
+        "train_images": len(data.records),
+        "train_identities": int(len(data.identities)),
+        "identities": data.identities.tolist(),
+        "val_query_images": len(data.val_query),
+        "val_gallery_images": len(data.val_gallery),
+        "replicas": setup.replicas,
+        "precision": setup.precision,
+        "global_batch": setup.global_batch,
+        "steps_per_epoch": setup.steps_per_epoch,
+        "train_seconds_this_session": fit.seconds,
+        "images_per_second": throughput.rates,
+        "final_train_loss": float(fit.logs["loss"][-1]),
+        "weights_sha256": weights_digest(model),
+        "validation": validation.last if validation else None,
+        "best_val_mAP": max((h["mAP"] for h in validation.history), default=None)
+        if validation else None,
+    }
 
 
 def attribute_targets(records):
@@ -135,6 +467,10 @@ def build_losses(config, targets):
 
 
 def build_metrics():
+    """Training accuracy per output with a class target, keyed by output name.
+
+    The binary heads output logits [B, 1], so their accuracy thresholds at 0 (probability 0.5).
+    """
     import keras
 
     from tfmarket.attributes import HEADS
@@ -172,312 +508,6 @@ def build_optimizer(train_cfg, steps_per_epoch: int):
     raise TfmarketError(f"unknown optimizer {train_cfg.optimizer!r}; valid: adam, adamw, sgd")
 
 
-def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) -> dict:
-    """Trains per ``config`` into ``workdir``; returns the metrics dict (also in metrics.json)."""
-    workdir = Path(workdir)
-    if restart and workdir.exists():
-        for name in ("backup", "tensorboard", "best.keras", "model.keras", "history.csv",
-                     DONE_MARKER):
-            target = workdir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    if (workdir / DONE_MARKER).is_file():
-        return {"status": "already complete"}
-
-    import keras
-
-    from tfmarket.config import save_config
-    from tfmarket.data.split import relabel
-    from tfmarket.distribute import choose_strategy, is_chief, resolve_precision
-
-    strategy = choose_strategy(cpu_replicas)
-    chief = is_chief(strategy)
-    # Only the chief writes the run directory; other workers of a multi-worker job write their
-    # (identical) checkpoints and logs to a temporary folder that is removed at the end.
-    out_dir = workdir if chief else Path(tempfile.mkdtemp(prefix="tfmarket-worker-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if chief:
-        save_config(config, workdir / "config.yaml")
-    keras.utils.set_random_seed(config.train.seed)
-
-    dataset, train, val_query, val_gallery = prepare_data(config, out_dir)
-    labels, identities = relabel(train.pids)
-    targets = attribute_targets(train)
-
-    precision = resolve_precision(config.train.precision)
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(precision)
-    try:
-        return _fit(config, workdir, out_dir, strategy, chief, train, labels, identities,
-                    targets, val_query, val_gallery, precision)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
-        if not chief:
-            shutil.rmtree(out_dir, ignore_errors=True)
-
-
-def _fit(config, workdir, out_dir, strategy, chief, train, labels, identities, targets,
-         val_query, val_gallery, precision) -> dict:
-    """Builds the input, model and callbacks under ``strategy`` and trains; see :func:`run`."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from tfmarket.callbacks import LearningRateLogger, SharedBackupAndRestore, Throughput
-    from tfmarket.data.pipeline import train_dataset
-    from tfmarket.evaluation import ValidationCallback
-    from tfmarket.model import build_model
-
-    replicas = strategy.num_replicas_in_sync
-    data = config.data
-    batch = data.ids_per_batch * data.images_per_id * replicas  # global batch
-    steps = config.train.steps_per_epoch or max(1, len(train) // batch)
-
-    workers = strategy.extended._num_workers if hasattr(strategy.extended, "_num_workers") else 1
-    if len(identities) // max(workers, 1) < data.ids_per_batch:
-        raise ConfigError(
-            f"data.ids_per_batch = {data.ids_per_batch} identities per batch, but only "
-            f"{len(identities)} training identities ({workers} worker(s)); lower it")
-
-    # Read from the shared run directory by every worker, so all resume at the same step.
-    done_epochs = backup_epoch(workdir / "backup")
-    best_so_far = best_logged_map(workdir / "history.csv")
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        _check_same_resume_epoch(strategy, done_epochs, workdir / "backup")
-
-    def dataset_fn(context):
-        # One call per worker (input pipeline): the worker trains on its own shard of the
-        # identities and yields per-replica batches of whole identities.
-        shard = labels % context.num_input_pipelines == context.input_pipeline_id
-        index = np.flatnonzero(shard)
-        ds = train_dataset(
-            [train.paths[i] for i in index], labels[index],
-            {h: t[index] for h, t in targets.items()},
-            height=data.height, width=data.width, p=data.ids_per_batch, k=data.images_per_id,
-            seed=data.seed + 1000 * context.input_pipeline_id, pad=data.pad, flip=data.flip,
-            erase_prob=data.erase_prob, cache_bytes=data.cache,
-            first_step=done_epochs * steps,
-        )
-        return ds.map(lambda x, y: (x, _model_targets(y)))
-
-    ds = strategy.distribute_datasets_from_function(dataset_fn)
-
-    model_cfg = config.model
-    with strategy.scope():
-        model = build_model(
-            len(identities), height=data.height, width=data.width,
-            backbone=model_cfg.backbone, weights=model_cfg.weights or None,
-            last_stride=model_cfg.last_stride, pooling=model_cfg.pooling,
-            embedding_dim=model_cfg.embedding_dim, dropout=model_cfg.dropout,
-        )
-        losses, loss_weights = build_losses(config, targets)
-        model.compile(
-            optimizer=build_optimizer(config.train, steps),
-            loss=losses, loss_weights=loss_weights, metrics=build_metrics(),
-            jit_compile=config.train.jit_compile,
-        )
-
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        _prebuild_for_multi_worker(model, strategy, dataset_fn)
-
-    throughput = Throughput(batch)
-    callbacks = [SharedBackupAndRestore(str(workdir / "backup"), writer=chief), throughput]
-    validation = None
-    has_val = len(val_query) > 0 and config.train.eval_every > 0
-    if has_val:
-        validation = ValidationCallback(val_query, val_gallery, data.height, data.width,
-                                        every=config.train.eval_every,
-                                        log_dir=str(out_dir / "tensorboard"))
-        callbacks.append(validation)
-    callbacks += [
-        LearningRateLogger(),
-        keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), update_freq="epoch"),
-    ]
-    if has_val:
-        callbacks.append(keras.callbacks.ModelCheckpoint(
-            str(out_dir / "best.keras"), monitor="val_mAP", mode="max", save_best_only=True,
-            initial_value_threshold=best_so_far))
-    if config.train.early_stopping_patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_mAP" if has_val else "loss", mode="max" if has_val else "min",
-            patience=config.train.early_stopping_patience, restore_best_weights=False))
-
-    start = time.time()
-    try:
-        history = model.fit(ds, epochs=config.train.epochs, steps_per_epoch=steps,
-                            callbacks=callbacks, verbose=2 if not sys.stdout.isatty() else 1)
-    except (tf.errors.UnavailableError, tf.errors.AbortedError) as exc:
-        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            raise
-        raise TfmarketError(lost_worker_message(exc.message, workdir / "backup")) from None
-    seconds = time.time() - start
-    if not np.isfinite(history.history.get("loss", [0.0])[-1]):
-        raise TfmarketError("training stopped: the loss became NaN (see history.csv)")
-
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        _average_non_trainable(model, strategy)
-    model.save(out_dir / "model.keras")
-    metrics = {
-        "status": "complete",
-        "epochs_run": len(history.history.get("loss", [])),
-        "train_images": len(train),
-        "train_identities": int(len(identities)),
-        "identities": identities.tolist(),
-        "val_query_images": len(val_query),
-        "val_gallery_images": len(val_gallery),
-        "replicas": replicas,
-        "precision": precision,
-        "global_batch": batch,
-        "steps_per_epoch": steps,
-        "train_seconds_this_session": seconds,
-        "images_per_second": throughput.rates,
-        "final_train_loss": float(history.history["loss"][-1]),
-        "weights_sha256": weights_digest(model),
-        "validation": validation.last if validation else None,
-        "best_val_mAP": max((h["mAP"] for h in validation.history), default=None)
-        if validation else None,
-    }
-    if chief:
-        (workdir / DONE_MARKER).write_text(json.dumps(metrics, indent=2, default=float))
-    return metrics
-
-
-def _prebuild_for_multi_worker(model, strategy, dataset_fn) -> None:
-    """Builds the compiled model from the input's TensorSpecs before ``fit``.
-
-    Keras 3's ``fit`` otherwise builds it from a first batch that it averages across replicas
-    with ``strategy.reduce``, which fails eagerly under MultiWorkerMirroredStrategy
-    (keras-team/keras#20585). Building here leaves nothing for that step to do, so it is
-    skipped for this model; ``tests/test_multiworker.py`` guards the workaround.
-    """
-    import tensorflow as tf
-
-    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
-                                         num_replicas_in_sync=1)
-    spec = dataset_fn(context).element_spec
-    with strategy.scope():
-        model._symbolic_build(data_batch=spec)
-    model._maybe_symbolic_build = lambda *args, **kwargs: None
-    _patch_scalar_reduction()
-
-
-def _check_same_resume_epoch(strategy, done_epochs: int, backup_dir: Path) -> None:
-    """Stops every worker, with one clear line, unless all resume from the same epoch.
-
-    Workers that disagree (a run directory that is not on shared storage, so only the chief
-    sees its backup) would otherwise train different numbers of steps and hang or diverge.
-    All workers compute the same spread of the epochs, so all of them stop together.
-    """
-    import tensorflow as tf
-
-    local = strategy.experimental_distribute_values_from_function(
-        lambda _context: tf.constant([done_epochs, done_epochs**2], tf.float32))
-    mean, mean_square = strategy.reduce("MEAN", local, axis=None).numpy()
-    if mean_square - mean**2 > 1e-3:
-        raise TfmarketError(
-            f"the workers would resume from different epochs (this worker: {done_epochs}, "
-            f"mean over workers: {mean:g}); every worker must read the chief's backup in "
-            f"{backup_dir}: put the run directory on storage all workers share")
-
-
-def _average_non_trainable(model, strategy) -> None:
-    """Averages BatchNorm moving statistics across workers after training.
-
-    Gradients are all-reduced, but each worker updates its moving mean/variance from its own
-    batches; averaging them makes every worker end with the same model (the chief saves it).
-    """
-    import tensorflow as tf
-
-    for variable in model.non_trainable_weights:
-        local = strategy.experimental_distribute_values_from_function(
-            lambda _context, v=variable: tf.identity(v.value))
-        variable.assign(strategy.reduce("MEAN", local, axis=None))
-
-
-def _patch_scalar_reduction() -> None:
-    """Keras 3.15's per-step log reduction under MultiWorkerMirroredStrategy averages every
-    value along axis 0, which fails for the scalar losses and metrics it reduces
-    (keras-team/keras#20585). Scalars are averaged with ``axis=None`` instead; everything else
-    goes through Keras's own code."""
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    original = getattr(tf_trainer.reduce_per_replica, "__wrapped__", tf_trainer.reduce_per_replica)
-
-    def reduce_per_replica(values, strategy, reduction):
-        import tensorflow as tf
-        from keras import tree
-
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and reduction in (
-            "auto", "mean"
-        ):
-            def reduce(value):
-                rank = value.shape.rank if hasattr(value, "shape") else None
-                if rank == 0 or _per_replica_rank(value, strategy) == 0:
-                    return strategy.reduce("MEAN", value, axis=None)
-                return original(value, strategy, reduction)
-
-            return tree.map_structure(reduce, values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica.__wrapped__ = original
-    tf_trainer.reduce_per_replica = reduce_per_replica
-
-
-def _per_replica_rank(value, strategy):
-    local = strategy.experimental_local_results(value)
-    return local[0].shape.rank if local else None
-
-
-def lost_worker_message(error: str, backup_dir: Path) -> str:
-    """One clear line for a multi-worker job whose collective ops were aborted."""
-    import re
-
-    lost = sorted(set(re.findall(r"^(/job:\S+)", error, re.MULTILINE)))
-    who = f"worker {', '.join(lost)} stopped responding" if lost else "a worker stopped"
-    return (f"{who}, so the multi-worker job stopped; restart every worker with the same "
-            f"command to resume from the last backup (epoch {backup_epoch(backup_dir)}, "
-            f"in {backup_dir})")
-
-
-def backup_epoch(backup_dir: Path) -> int:
-    """Epochs finished according to the ``BackupAndRestore`` state (0 for a new run).
-
-    The resumed run continues the input stream from this epoch, as Keras does the epochs.
-    """
-    for name in ("training_metadata.json", "training_metadata.json.bkp"):
-        try:
-            return int(json.loads((backup_dir / name).read_text())["epoch"])
-        except (OSError, ValueError, KeyError):
-            continue
-    return 0
-
-
-def best_logged_map(history_csv: Path) -> float | None:
-    """Best ``val_mAP`` logged by an interrupted run (None for a new one).
-
-    Keeps a resumed run's ``best.keras`` from being overwritten by a worse model.
-    """
-    import csv
-
-    if not history_csv.is_file():
-        return None
-    with history_csv.open() as handle:
-        rows = list(csv.DictReader(handle))
-    scores = []
-    for row in rows:
-        try:  # CSVLogger writes "NA" for epochs without validation
-            value = float(row.get("val_mAP") or "nan")
-        except ValueError:
-            continue
-        if value == value:
-            scores.append(value)
-    return max(scores) if scores else None
-
-
 def weights_digest(model) -> str:
     """SHA-256 over every weight's bytes: equal on all workers after synchronous training."""
     import hashlib
@@ -489,8 +519,12 @@ def weights_digest(model) -> str:
 
 
 def _model_targets(y):
-    """Pipeline targets -> one entry per model output that has a loss."""
+    """Pipeline targets -> one entry per model output that has a loss.
 
+    ``y``: {"id": int32 [B], attribute head: int32 [B]}. Returns int32 [B] for "id",
+    "features", "embedding" and the softmax heads, [B, 1] for the binary heads (as their
+    outputs).
+    """
     from tfmarket.attributes import HEADS
 
     # Keras matches targets to every output by name, also those without a loss.
