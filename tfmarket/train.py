@@ -338,9 +338,9 @@ def _callbacks(paths: RunPaths, throughput: Throughput, validation: ValidationCa
     """The ``fit`` callbacks, in the order they must run.
 
     The backup comes first, so the weights and epoch are restored before any other callback
-    starts. Throughput precedes
-    validation, so validation time is not counted. Validation precedes the loggers,
-    ``ModelCheckpoint`` and ``EarlyStopping``, which read the ``val_*`` logs it adds.
+    starts. Throughput precedes validation, so validation time is not counted. Validation
+    precedes the loggers, ``ModelCheckpoint`` and ``EarlyStopping``, which read the ``val_*``
+    logs it adds.
     ``best_so_far`` (an interrupted run's best val_mAP) keeps ``best.keras`` from being
     overwritten by a worse model.
     """
