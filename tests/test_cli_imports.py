@@ -24,7 +24,7 @@ def test_import_tfmarket_does_not_import_tensorflow():
 
 
 @pytest.mark.parametrize("module", ["tfmarket.data", "tfmarket.train", "tfmarket.export",
-                                    "tfmarket.gallery",
+                                    "tfmarket.gallery", "tfmarket.calibrate",
                                     "tfmarket.rank"])
 def test_help_does_not_import_tensorflow(module):
     proc = subprocess.run([sys.executable, "-c", CHECK.format(module=module)],

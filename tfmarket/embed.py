@@ -18,11 +18,15 @@ class OnnxEmbedder:
     """An onnxruntime session over an exported tfmarket model.
 
     Uses the CUDA execution provider when onnxruntime-gpu provides it, else the CPU.
+    ``flip_test``: every image also runs mirrored left-right; the two embeddings are averaged
+    and re-normalised, the attribute probabilities averaged (twice the compute; the usual
+    re-ID test-time augmentation, as FastReID's ``TEST.FLIP``).
     """
 
-    def __init__(self, model_path: str | Path, threads: int = 0):
+    def __init__(self, model_path: str | Path, threads: int = 0, flip_test: bool = False):
         import onnxruntime as ort
 
+        self.flip_test = bool(flip_test)
         self.path = Path(model_path)
         if not self.path.is_file():
             raise TfmarketError(f"{self.path}: model file not found")
@@ -53,7 +57,16 @@ class OnnxEmbedder:
                 f"model expects uint8 images of {self.height}x{self.width}x3, got "
                 f"{images.dtype} {images.shape[1:]}")
         values = self.session.run(self.output_names, {self.input_name: images})
-        return dict(zip(self.output_names, values, strict=True))
+        out = dict(zip(self.output_names, values, strict=True))
+        if self.flip_test:
+            mirrored = np.ascontiguousarray(images[:, :, ::-1])
+            flipped = self.session.run(self.output_names, {self.input_name: mirrored})
+            for name, value in zip(self.output_names, flipped, strict=True):
+                out[name] = (out[name] + value) / 2
+            if "embedding" in out:
+                norm = np.linalg.norm(out["embedding"], axis=-1, keepdims=True)
+                out["embedding"] = out["embedding"] / np.maximum(norm, 1e-12)
+        return out
 
     def embed_files(self, paths: list[str], batch_size: int = 64, progress: str | None = None
                     ) -> dict[str, np.ndarray]:

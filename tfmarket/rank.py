@@ -11,6 +11,12 @@ Writes into ``--out``: ``reid_test.txt`` (top-k per query, best first),
 ``classification_test.csv`` (27 attributes of every gallery image), ``embeddings.npz``, and
 when labels are known ``metrics.json`` (mAP both conventions, mINP, CMC; attribute accuracy,
 mA, F1). ``--visualize N`` adds an HTML report with N queries and a CMC plot.
+
+Attributes are decided by the rule in ``attribute_rule.json`` beside the model when
+``python -m tfmarket.calibrate`` wrote one (neighbour voting over the query + gallery images
+and a prior adjustment, chosen on validation), else per image (sigmoid >= 0.5, argmax);
+``--attribute-rule plain`` forces the latter. ``--flip-test`` averages each image with its
+mirror image (twice the compute).
 """
 
 from __future__ import annotations
@@ -45,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lambda-value", type=float, default=0.3)
     parser.add_argument("--search", default="exact", choices=SEARCHES,
                         help="exact chunked cosine search, or a faiss index for huge galleries")
+    parser.add_argument("--flip-test", action="store_true",
+                        help="average each image with its mirror image (embedding + attributes)")
+    parser.add_argument("--attribute-rule", metavar="FILE|plain",
+                        help="attribute decision rule (default: attribute_rule.json beside the "
+                             "model if present, else plain)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = all)")
     parser.add_argument("--visualize", type=int, default=0, metavar="N",
@@ -132,7 +143,7 @@ def load_inputs(args):
 
 
 def rank(args) -> dict:
-    from tfmarket.attributes import COLUMNS, HEADS, predicted_columns
+    from tfmarket.attributes import COLUMNS, HEADS
     from tfmarket.data.check import require_readable
     from tfmarket.embed import OnnxEmbedder
     from tfmarket.submission import write_classification, write_reid
@@ -140,7 +151,8 @@ def rank(args) -> dict:
     out = Path(args.out)
     query, gallery, source = load_inputs(args)
     require_readable(query.paths + gallery.paths)
-    embedder = OnnxEmbedder(args.model, threads=args.threads)
+    rule, rule_file = attribute_rule(args.attribute_rule, Path(args.model))
+    embedder = OnnxEmbedder(args.model, threads=args.threads, flip_test=args.flip_test)
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.time()
@@ -173,9 +185,8 @@ def rank(args) -> dict:
     q_names = [Path(p).name for p in query.paths]
     g_names = [Path(p).name for p in gallery.paths]
     write_reid(out / "reid_test.txt", q_names, g_names, indices)
-    g_columns = predicted_columns({h: g_out[h] for h in HEADS})
+    q_columns, g_columns = decide_attributes(q_out, g_out, rule)
     write_classification(out / "classification_test.csv", g_names, g_columns)
-    q_columns = predicted_columns({h: q_out[h] for h in HEADS})
     np.savez_compressed(
         out / "embeddings.npz",
         query_files=np.array(query.paths), gallery_files=np.array(gallery.paths),
@@ -188,6 +199,8 @@ def rank(args) -> dict:
         "source": source, "model": str(args.model), "providers": embedder.providers,
         "queries": len(query), "gallery": len(gallery), "topk": topk,
         "rerank": bool(args.rerank), "search": "rerank" if args.rerank else args.search,
+        "flip_test": bool(args.flip_test),
+        "attribute_rule": rule.describe() + (f" ({rule_file})" if rule_file else ""),
         "embed_seconds": round(embed_seconds, 2),
         "images_per_second": round((len(query) + len(gallery)) / max(embed_seconds, 1e-9), 1),
         "rank_seconds": round(rank_seconds, 2),
@@ -207,6 +220,34 @@ def rank(args) -> dict:
         summary["visualization"] = visualize(out, query, gallery, indices, q_columns, metrics,
                                              args.visualize)
     return summary
+
+
+def attribute_rule(choice: str | None, model: Path):
+    """-> (AttributeRule, the file it came from or None) for ``--attribute-rule``."""
+    from tfmarket.attribute_rule import RULE_FILE, AttributeRule, load_rule
+
+    if choice == "plain":
+        return AttributeRule(), None
+    path = Path(choice) if choice else model.parent / RULE_FILE
+    if choice is None and not path.is_file():
+        return AttributeRule(), None
+    return load_rule(path), path
+
+
+def decide_attributes(q_out: dict, g_out: dict, rule) -> tuple[np.ndarray, np.ndarray]:
+    """Query and gallery attribute columns (int [Nq, 27], [Ng, 27]); neighbour voting runs over
+    the query and gallery images together."""
+    from tfmarket.attribute_rule import decide, nearest_neighbours
+    from tfmarket.attributes import HEADS
+
+    probs = {h: np.concatenate([q_out[h], g_out[h]]) for h in HEADS}
+    nearest = None
+    if rule.neighbours > 1:
+        nearest = nearest_neighbours(
+            np.concatenate([q_out["embedding"], g_out["embedding"]]), rule.neighbours)
+    columns = decide(probs, rule, nearest)
+    n_query = len(q_out["embedding"])
+    return columns[:n_query], columns[n_query:]
 
 
 def evaluate(query, gallery, q_out, g_out, q_columns, g_columns, distmat, columns) -> dict:
