@@ -52,6 +52,14 @@ def test_pk_without_replacement_when_enough_images(small_set):
                 assert len(set(group.tolist())) == 4
 
 
+def test_pk_when_every_identity_has_fewer_than_k_images():
+    # e.g. synthetic data with 3 images per identity and K = 4: sampled with replacement
+    labels = np.repeat(np.arange(5), 3)
+    for batch in pk_batches(labels, 2, 4, seed=3).take(10):
+        got = labels[batch.numpy()].reshape(2, 4)
+        assert (got == got[:, :1]).all() and got[0, 0] != got[1, 0]
+
+
 def test_pk_epoch_visits_every_identity(small_set):
     _, labels = small_set
     seen = [labels[b.numpy()[0::2]] for b in pk_batches(labels, 3, 2, seed=0).take(2)]

@@ -242,3 +242,23 @@ def test_add_to_faiss_index_bounds_pq_encoding_and_continues_ids():
     np.testing.assert_array_equal(idx[:, 0], np.arange(600, 620))
     with pytest.raises(ValueError, match="emb must be"):
         add_to_faiss_index(index, g[:, :32])
+
+
+def test_on_available_gpus_keeps_cpu_index_where_gpus_cannot_serve():
+    """Without a GPU (this machine, faiss-cpu) every index stays the same CPU object; with one,
+    ivfpq-refine and filtered searches would still stay on the CPU (no GPU version)."""
+    faiss = pytest.importorskip("faiss")
+    from tfmarket.search import on_available_gpus
+
+    emb = l2_normalize(np.random.default_rng(0).normal(size=(300, 32)).astype(np.float32))
+    flat = build_faiss_index(emb, kind="flat")
+    refine = build_faiss_index(emb, kind="ivfpq-refine", nlist=4, m=4)
+    assert on_available_gpus(refine) == (refine, "cpu")
+    assert on_available_gpus(flat, filtered=True) == (flat, "cpu")
+    if faiss.get_num_gpus() == 0:
+        assert on_available_gpus(flat) == (flat, "cpu")
+    else:  # pragma: no cover - needs faiss-gpu and a GPU
+        gpu_index, device = on_available_gpus(flat)
+        assert device == "gpu"
+        np.testing.assert_array_equal(faiss_topk(gpu_index, emb[:5], 3)[0],
+                                      faiss_topk(flat, emb[:5], 3)[0])

@@ -168,7 +168,7 @@ def _cmd_index(args) -> dict:
 def _cmd_search(args) -> dict:
     from tfmarket.data.filenames import list_images
     from tfmarket.embed import OnnxEmbedder
-    from tfmarket.search import cosine_topk, faiss_topk
+    from tfmarket.search import cosine_topk, faiss_topk, on_available_gpus
 
     store = load_store(args.store)
     queries = [str(p) for p in list_images(args.query)]
@@ -183,8 +183,10 @@ def _cmd_search(args) -> dict:
         if index.ntotal != len(store["files"]):
             raise DataError(f"{args.index}: holds {index.ntotal} vectors, the store "
                             f"{len(store['files'])}: built from another store?")
+        index, device = on_available_gpus(index, filtered=allowed is not None)
         indices, distances = faiss_topk(index, q_emb, args.topk, allowed=allowed)
     else:
+        device = "cpu"
         subset = np.arange(len(store["files"])) if allowed is None else allowed
         local, distances = cosine_topk(q_emb, store["embedding"][subset], args.topk)
         indices = subset[local]
@@ -196,7 +198,7 @@ def _cmd_search(args) -> dict:
         for q, row, dist in zip(queries, indices, distances, strict=True)
     }
     Path(args.out).write_text(json.dumps(results, indent=1))
-    return {"out": args.out, "queries": len(queries),
+    return {"out": args.out, "queries": len(queries), "search_device": device,
             "candidates": int(len(store["files"]) if allowed is None else len(allowed))}
 
 

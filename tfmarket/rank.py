@@ -13,10 +13,10 @@ when labels are known ``metrics.json`` (mAP both conventions, mINP, CMC; attribu
 mA, F1). ``--visualize N`` adds an HTML report with N queries and a CMC plot.
 
 Attributes are decided by the rule in ``attribute_rule.json`` beside the model when
-``python -m tfmarket.calibrate`` wrote one (neighbour voting over the query + gallery images
-and a prior adjustment, chosen on validation), else per image (sigmoid >= 0.5, argmax);
-``--attribute-rule plain`` forces the latter. ``--flip-test`` averages each image with its
-mirror image (twice the compute).
+``python -m tfmarket.calibrate`` wrote one (neighbour voting among the gallery images, for
+queries among queries + gallery, and a prior adjustment, chosen on validation), else per
+image (sigmoid >= 0.5, argmax); ``--attribute-rule plain`` forces the latter.
+``--flip-test`` averages each image with its mirror image (twice the compute).
 """
 
 from __future__ import annotations
@@ -164,6 +164,7 @@ def rank(args) -> dict:
 
     start = time.time()
     distmat = None
+    search_device = "cpu"
     if args.rerank:
         from tfmarket.rerank import k_reciprocal_rerank
         from tfmarket.search import topk_from_distances
@@ -176,9 +177,10 @@ def rank(args) -> dict:
 
         indices, _ = cosine_topk(q_out["embedding"], g_out["embedding"], topk)
     else:
-        from tfmarket.search import build_faiss_index, faiss_topk
+        from tfmarket.search import build_faiss_index, faiss_topk, on_available_gpus
 
         index = build_faiss_index(g_out["embedding"], kind=args.search.split("-", 1)[1])
+        index, search_device = on_available_gpus(index)
         indices, _ = faiss_topk(index, q_out["embedding"], topk)
     rank_seconds = time.time() - start
 
@@ -199,7 +201,7 @@ def rank(args) -> dict:
         "source": source, "model": str(args.model), "providers": embedder.providers,
         "queries": len(query), "gallery": len(gallery), "topk": topk,
         "rerank": bool(args.rerank), "search": "rerank" if args.rerank else args.search,
-        "flip_test": bool(args.flip_test),
+        "search_device": search_device, "flip_test": bool(args.flip_test),
         "attribute_rule": rule.describe() + (f" ({rule_file})" if rule_file else ""),
         "embed_seconds": round(embed_seconds, 2),
         "images_per_second": round((len(query) + len(gallery)) / max(embed_seconds, 1e-9), 1),
@@ -235,19 +237,25 @@ def attribute_rule(choice: str | None, model: Path):
 
 
 def decide_attributes(q_out: dict, g_out: dict, rule) -> tuple[np.ndarray, np.ndarray]:
-    """Query and gallery attribute columns (int [Nq, 27], [Ng, 27]); neighbour voting runs over
-    the query and gallery images together."""
+    """Query and gallery attribute columns (int [Nq, 27], [Ng, 27]).
+
+    Gallery images vote among the gallery (the course's test folder also holds every query
+    image, so a query + gallery pool would count those images twice); queries vote among the
+    queries and the gallery together.
+    """
     from tfmarket.attribute_rule import decide, nearest_neighbours
     from tfmarket.attributes import HEADS
 
-    probs = {h: np.concatenate([q_out[h], g_out[h]]) for h in HEADS}
-    nearest = None
-    if rule.neighbours > 1:
-        nearest = nearest_neighbours(
-            np.concatenate([q_out["embedding"], g_out["embedding"]]), rule.neighbours)
-    columns = decide(probs, rule, nearest)
+    def columns(outputs: list[dict]) -> np.ndarray:
+        probs = {h: np.concatenate([o[h] for o in outputs]) for h in HEADS}
+        nearest = None
+        if rule.neighbours > 1:
+            nearest = nearest_neighbours(np.concatenate([o["embedding"] for o in outputs]),
+                                         rule.neighbours)
+        return decide(probs, rule, nearest)
+
     n_query = len(q_out["embedding"])
-    return columns[:n_query], columns[n_query:]
+    return columns([q_out, g_out])[:n_query], columns([g_out])
 
 
 def evaluate(query, gallery, q_out, g_out, q_columns, g_columns, distmat, columns) -> dict:

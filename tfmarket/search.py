@@ -299,6 +299,24 @@ def _filter_params(faiss, index, selector):
     return faiss.SearchParameters(sel=selector)
 
 
+def on_available_gpus(index, filtered: bool = False):
+    """-> (index to search with, "gpu" or "cpu").
+
+    A copy of ``index`` sharded over every visible GPU when faiss was built with GPU support
+    (``faiss-gpu``) and sees one; otherwise, and for what faiss's GPU indexes do not run
+    (``IndexRefine``, i.e. ``ivfpq-refine``; searches restricted by an id selector; an index
+    type or PQ size without a GPU version), ``index`` itself on the CPU.
+    """
+    faiss = _import_faiss()
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if gpus == 0 or filtered or isinstance(index, faiss.IndexRefine):
+        return index, "cpu"
+    try:
+        return faiss.index_cpu_to_all_gpus(index), "gpu"
+    except RuntimeError:  # no GPU implementation for this index: stay on the CPU
+        return index, "cpu"
+
+
 def faiss_topk(index, query_emb: np.ndarray, k: int,
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours from a :func:`build_faiss_index` index, in ``cosine_topk``'s format.

@@ -58,12 +58,14 @@ def sample_pk_indices(order, offsets, counts, ids, k: int, seed):
         int64 [P * K] image indices, identity by identity.
     """
     count = tf.gather(counts, ids)  # [P]
-    max_count = tf.cast(tf.reduce_max(counts), tf.int32)
+    # At least K columns, so the first K positions exist even when every identity has fewer
+    # than K images (those rows are replaced by the with-replacement sample below).
+    width = tf.maximum(tf.cast(tf.reduce_max(counts), tf.int32), k)
     seed_a, seed_b = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     # A random permutation per identity: random keys, positions past the identity's count pushed
     # to the end; the first K positions are then a sample without replacement.
-    keys = tf.random.stateless_uniform([tf.size(ids), max_count], seed_a)
-    valid = tf.range(tf.cast(max_count, tf.int64))[None, :] < count[:, None]
+    keys = tf.random.stateless_uniform([tf.size(ids), width], seed_a)
+    valid = tf.range(tf.cast(width, tf.int64))[None, :] < count[:, None]
     keys = tf.where(valid, keys, 2.0)
     position = tf.argsort(keys, axis=1)[:, :k]  # [P, K]
     position = tf.cast(position, tf.int64)
