@@ -176,7 +176,9 @@ def _cmd_search(args) -> dict:
     allowed = filter_ids(store["attributes"], parse_filter(args.where)) if args.where else None
     if allowed is not None and len(allowed) == 0:
         raise TfmarketError(f"no gallery image matches --where {args.where!r}")
-    if args.index:
+    subset = np.arange(len(store["files"])) if allowed is None else allowed
+    device, method = "cpu", "exact"
+    if args.index and (allowed is None or len(allowed) > args.exact_filtered_below):
         import faiss
 
         index = faiss.read_index(str(args.index))
@@ -185,9 +187,18 @@ def _cmd_search(args) -> dict:
                             f"{len(store['files'])}: built from another store?")
         index, device = on_available_gpus(index, filtered=allowed is not None)
         indices, distances = faiss_topk(index, q_emb, args.topk, allowed=allowed)
+        method = "faiss"
+        # An IVF search only sees its nprobe cells: with a selective filter they can hold fewer
+        # than topk allowed images. Those queries are answered exactly over the allowed set.
+        short = np.flatnonzero((indices < 0).any(axis=1)) if allowed is not None else []
+        if len(short) and len(allowed) > (indices[short] >= 0).sum(axis=1).min():
+            local, dist = cosine_topk(q_emb[short], store["embedding"][subset], args.topk)
+            width = local.shape[1]
+            indices[short] = -1
+            distances[short] = np.inf
+            indices[short, :width], distances[short, :width] = subset[local], dist
+            method = f"faiss, exact over the filtered images for {len(short)} queries"
     else:
-        device = "cpu"
-        subset = np.arange(len(store["files"])) if allowed is None else allowed
         local, distances = cosine_topk(q_emb, store["embedding"][subset], args.topk)
         indices = subset[local]
     results = {
@@ -198,7 +209,7 @@ def _cmd_search(args) -> dict:
         for q, row, dist in zip(queries, indices, distances, strict=True)
     }
     Path(args.out).write_text(json.dumps(results, indent=1))
-    return {"out": args.out, "queries": len(queries), "search_device": device,
+    return {"out": args.out, "queries": len(queries), "search": method, "search_device": device,
             "candidates": int(len(store["files"]) if allowed is None else len(allowed))}
 
 
@@ -238,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--query", required=True, help="folder of query images")
     s.add_argument("--where", help='attribute filter, e.g. "upred, backpack, age=2"')
     s.add_argument("--topk", type=int, default=20)
+    s.add_argument("--exact-filtered-below", type=int, default=50_000, metavar="N",
+                   help="with --where, search exactly when at most N images match (default "
+                        "%(default)s); above, the index searches with the filter")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--out", default="search.json")
     s.set_defaults(func=_cmd_search)
