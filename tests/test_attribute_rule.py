@@ -168,11 +168,16 @@ def test_calibrate_then_rank_uses_the_rule(exported, course_synth, tmp_path, cap
     shutil.copytree(source, model_dir)  # the session's export stays rule-free for other tests
     assert calibrate_main(["--workdir", card["source_run"], "--model",
                            str(model_dir / "model.onnx"), "--flip-test",
-                           "--neighbours", "1,2,3", "--prior-weights", "0,1"]) == 0
+                           "--neighbours", "1,2,3", "--prior-weights", "0,1",
+                           "--distractors", str(course_synth / "test")]) == 0
     printed = capsys.readouterr().out
     assert "2-fold identity cross-validation" in printed and "flip test on" in printed
     saved = json.loads((model_dir / "attribute_rule.json").read_text())
     assert len(saved["grid"]) == 6 and saved["chosen_on"]["flip_test"] is True
+    big = saved["validation"]["reid_with_distractors"]
+    assert big["distractors"] == len(list((course_synth / "test").iterdir()))
+    assert big["mAP"] <= saved["validation"]["reid"]["mAP"] + 1e-9  # more to confuse, not less
+    assert "distractor images added to the gallery" in printed
     rule = load_rule(model_dir / "attribute_rule.json")
 
     def run(*extra):
