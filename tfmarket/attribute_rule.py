@@ -15,6 +15,10 @@ strength from re-identification:
   ``log p_c + tau * log pi_c`` with ``pi`` the training-set class frequencies. tau = 0 keeps
   the balanced decisions; larger tau moves them towards the accuracy-optimal ones.
 
+Neighbours come from an exact search of the pool against itself (:func:`nearest_neighbours`),
+whose cost grows with the square of the pool: fine for Market-sized galleries (22k images:
+seconds), not for millions (use the plain rule there).
+
 Plain NumPy (plus :func:`tfmarket.search.cosine_topk`); no TensorFlow.
 """
 

@@ -110,27 +110,8 @@ def calibrate(args) -> dict:
         raise TfmarketError("the grids must include neighbours 1 and prior weight 0 "
                             "(the plain rule every choice is compared with)")
 
-    from tfmarket.metrics import evaluate_from_features
-
-    q, g = outputs
-    reid = evaluate_from_features(q["embedding"], g["embedding"], data.val_query.pids,
-                                  data.val_gallery.pids, data.val_query.cams,
-                                  data.val_gallery.cams)
-    reid_keys = ("mAP", "rank1", "rank5", "mINP")
-    with_distractors = None
-    if args.distractors:
-        from tfmarket.data.check import require_readable
-        from tfmarket.data.filenames import list_images
-
-        extra = [str(p) for p in list_images(args.distractors)]
-        require_readable(extra)
-        d_emb = embedder.embed_files(extra, progress=f"embedding {len(extra)} distractors")
-        big = evaluate_from_features(
-            q["embedding"], np.concatenate([g["embedding"], d_emb["embedding"]]),
-            data.val_query.pids, np.concatenate([data.val_gallery.pids, np.zeros(len(extra))]),
-            data.val_query.cams, np.concatenate([data.val_gallery.cams, np.full(len(extra), -1)]))
-        with_distractors = {"distractors": len(extra), "folder": str(args.distractors),
-                            **{k: big[k] for k in reid_keys}}
+    reid, with_distractors = validation_reid(embedder, outputs, data.val_query,
+                                             data.val_gallery, args.distractors)
     rows = evaluate_rules(probs, embeddings, truth, priors, **grid)
     chosen = pick(rows, args.max_ma_drop)
     plain = next(r for r in rows if r["neighbours"] == 1 and r["prior_weight"] == 0)
@@ -141,7 +122,7 @@ def calibrate(args) -> dict:
                       "validation_images": int(known.sum()),
                       "validation_identities": int(len(np.unique(pids))),
                       "max_ma_drop": args.max_ma_drop},
-        "validation": {"reid": {k: reid[k] for k in reid_keys},
+        "validation": {"reid": reid,
                        "reid_with_distractors": with_distractors,
                        "plain": {k: plain[k] for k in ("mA", "mean_accuracy")},
                        "chosen": {k: chosen[k] for k in ("mA", "mean_accuracy")}},
@@ -151,6 +132,38 @@ def calibrate(args) -> dict:
     path = model.parent / RULE_FILE
     save_rule(path, rule, report)
     return {**report, "rule": rule.describe(), "file": str(path), "folds": cv["folds"]}
+
+
+REID_KEYS = ("mAP", "rank1", "rank5", "mINP")
+
+
+def validation_reid(embedder, outputs: list[dict], query, gallery,
+                    distractors: str | None) -> tuple[dict, dict | None]:
+    """Re-ID of the validation queries against the validation gallery, and (when
+    ``distractors`` names a folder) against that gallery plus every image of the folder as
+    identity 0 (a distractor: a negative for every query)."""
+    import numpy as np
+
+    from tfmarket.metrics import evaluate_from_features
+
+    q, g = outputs
+    reid = evaluate_from_features(q["embedding"], g["embedding"], query.pids, gallery.pids,
+                                  query.cams, gallery.cams)
+    if not distractors:
+        return {k: reid[k] for k in REID_KEYS}, None
+    from tfmarket.data.check import require_readable
+    from tfmarket.data.filenames import list_images
+
+    extra = [str(p) for p in list_images(distractors)]
+    require_readable(extra)
+    d_emb = embedder.embed_files(extra, progress=f"embedding {len(extra)} distractors")
+    big = evaluate_from_features(
+        q["embedding"], np.concatenate([g["embedding"], d_emb["embedding"]]),
+        query.pids, np.concatenate([gallery.pids, np.zeros(len(extra), np.int64)]),
+        query.cams, np.concatenate([gallery.cams, np.full(len(extra), -1, np.int64)]))
+    return ({k: reid[k] for k in REID_KEYS},
+            {"distractors": len(extra), "folder": str(distractors),
+             **{k: big[k] for k in REID_KEYS}})
 
 
 def format_report(report: dict) -> str:
