@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfmarket.attributes import HEADS, targets_to_columns
+from tfmarket.attributes import HEADS, predicted_columns
 from tfmarket.errors import TfmarketError
 
 RULE_FILE = "attribute_rule.json"  # written beside model.onnx by tfmarket.calibrate
@@ -132,20 +132,18 @@ def decide(probs: Mapping[str, np.ndarray], rule: AttributeRule,
                   or neighbours.shape[1] < k):
         raise ValueError(f"rule averages {k} images; pass neighbours [{n}, >= {k}] from "
                          f"nearest_neighbours")
-    targets = {}
+    adjusted = {}
     for head in HEADS:
         p = _as_class_probs(head, probs[head])
         if k > 1:
             p = p[neighbours[:, :k]].mean(axis=1)
-        score = np.log(np.clip(p, 1e-12, 1.0))
         if rule.prior_weight:
-            score = score + rule.prior_weight * np.log(np.asarray(rule.priors[head]))
-        if HEADS[head] == 1:
-            # yes when its score is at least no's: p >= 0.5 for the plain rule, as elsewhere.
-            targets[head] = (score[:, 1] >= score[:, 0]).astype(np.int32)
-        else:
-            targets[head] = score.argmax(axis=1).astype(np.int32)
-    return targets_to_columns(targets)
+            # argmax of log p_c + tau log pi_c, as probabilities: p_c pi_c^tau, renormalised
+            p = p * np.asarray(rule.priors[head]) ** rule.prior_weight
+            p = p / p.sum(axis=1, keepdims=True)
+        adjusted[head] = p[:, 1:] if HEADS[head] == 1 else p
+    # The same per-image decision as everywhere else (sigmoid >= 0.5, softmax argmax).
+    return predicted_columns(adjusted)
 
 
 def _summary(metrics: dict) -> dict:
