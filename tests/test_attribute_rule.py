@@ -178,6 +178,11 @@ def test_calibrate_then_rank_uses_the_rule(exported, course_synth, tmp_path, cap
     assert big["distractors"] == len(list((course_synth / "test").iterdir()))
     assert big["mAP"] <= saved["validation"]["reid"]["mAP"] + 1e-9  # more to confuse, not less
     assert "distractor images added to the gallery" in printed
+    # Re-ranking is scored at both gallery sizes, so `rank --rerank` is chosen on validation.
+    for reid in (saved["validation"]["reid"], big):
+        assert set(reid["rerank"]) == {"mAP", "rank1", "rank5", "mINP"}
+        assert 0 < reid["rerank"]["mAP"] <= 1 and 0 <= reid["rerank"]["rank1"] <= 1
+    assert printed.count("re-ranked (rank --rerank) mAP") == 2
     rule = load_rule(model_dir / "attribute_rule.json")
 
     def run(*extra):

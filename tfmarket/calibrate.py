@@ -12,7 +12,9 @@ the plain rule's. A 2-fold identity cross-validation (choose on half the identit
 the other half, 5 random splits) estimates what choosing this way gives on unseen people.
 ``--distractors DIR`` also ranks the validation queries against the validation gallery plus
 every image of DIR (other people, e.g. the test folder): a validation gallery of a few dozen
-identities flatters re-ID, this shows it at the size of the real gallery.
+identities flatters re-ID, this shows it at the size of the real gallery. Each re-ID score is
+given with and without k-reciprocal re-ranking (``rank --rerank``'s defaults), so whether to
+rank with ``--rerank`` is decided on validation too.
 Writes ``attribute_rule.json`` beside the model, where ``python -m tfmarket.rank`` picks it
 up; pass ``--flip-test`` to rank too when the rule was chosen with it.
 """
@@ -141,29 +143,39 @@ def validation_reid(embedder, outputs: list[dict], query, gallery,
                     distractors: str | None) -> tuple[dict, dict | None]:
     """Re-ID of the validation queries against the validation gallery, and (when
     ``distractors`` names a folder) against that gallery plus every image of the folder as
-    identity 0 (a distractor: a negative for every query)."""
+    identity 0 (a distractor: a negative for every query). Each result holds the cosine
+    ranking's scores and, under ``"rerank"``, those of k-reciprocal re-ranking with
+    ``tfmarket.rerank``'s default parameters (what ``rank --rerank`` uses)."""
     import numpy as np
 
-    from tfmarket.metrics import evaluate_from_features
-
     q, g = outputs
-    reid = evaluate_from_features(q["embedding"], g["embedding"], query.pids, gallery.pids,
-                                  query.cams, gallery.cams)
+    reid = _reid_scores(q["embedding"], g["embedding"], query.pids, gallery.pids,
+                        query.cams, gallery.cams)
     if not distractors:
-        return {k: reid[k] for k in REID_KEYS}, None
+        return reid, None
     from tfmarket.data.check import require_readable
     from tfmarket.data.filenames import list_images
 
     extra = [str(p) for p in list_images(distractors)]
     require_readable(extra)
     d_emb = embedder.embed_files(extra, progress=f"embedding {len(extra)} distractors")
-    big = evaluate_from_features(
+    big = _reid_scores(
         q["embedding"], np.concatenate([g["embedding"], d_emb["embedding"]]),
         query.pids, np.concatenate([gallery.pids, np.zeros(len(extra), np.int64)]),
         query.cams, np.concatenate([gallery.cams, np.full(len(extra), -1, np.int64)]))
-    return ({k: reid[k] for k in REID_KEYS},
-            {"distractors": len(extra), "folder": str(distractors),
-             **{k: big[k] for k in REID_KEYS}})
+    return reid, {"distractors": len(extra), "folder": str(distractors), **big}
+
+
+def _reid_scores(q_emb, g_emb, q_pids, g_pids, q_cams, g_cams) -> dict:
+    """Market-1501 scores of the cosine ranking, with the re-ranked ones under "rerank"."""
+    from tfmarket.metrics import evaluate_from_features, evaluate_ranking
+    from tfmarket.rerank import k_reciprocal_rerank
+
+    plain = evaluate_from_features(q_emb, g_emb, q_pids, g_pids, q_cams, g_cams)
+    reranked = evaluate_ranking(k_reciprocal_rerank(q_emb, g_emb), q_pids, g_pids,
+                                q_cams, g_cams)
+    return {**{k: plain[k] for k in REID_KEYS},
+            "rerank": {k: reranked[k] for k in REID_KEYS}}
 
 
 def format_report(report: dict) -> str:
@@ -177,14 +189,12 @@ def format_report(report: dict) -> str:
     lines += [
         f"validation: {on['validation_images']} images of {on['validation_identities']} "
         f"identities, flip test {'on' if on['flip_test'] else 'off'}",
-        "re-ID (validation queries vs gallery, Market-1501 protocol): mAP "
-        f"{val['reid']['mAP']:.4f}, Rank-1 {val['reid']['rank1']:.4f}, Rank-5 "
-        f"{val['reid']['rank5']:.4f}",
+        f"re-ID (validation queries vs gallery, Market-1501 protocol): {_scores(val['reid'])}",
     ]
     big = val.get("reid_with_distractors")
     if big:
         lines.append(f"re-ID with {big['distractors']} distractor images added to the gallery: "
-                     f"mAP {big['mAP']:.4f}, Rank-1 {big['rank1']:.4f}, Rank-5 {big['rank5']:.4f}")
+                     f"{_scores(big)}")
     lines += [
         f"chosen: {report['rule']}: mA {val['chosen']['mA']:.4f}, mean accuracy "
         f"{val['chosen']['mean_accuracy']:.4f} (plain {val['plain']['mA']:.4f}, "
@@ -195,6 +205,13 @@ def format_report(report: dict) -> str:
         f"wrote {report['file']}",
     ]
     return "\n".join(lines)
+
+
+def _scores(reid: dict) -> str:
+    def one(r: dict) -> str:
+        return f"mAP {r['mAP']:.4f}, Rank-1 {r['rank1']:.4f}, Rank-5 {r['rank5']:.4f}"
+
+    return f"{one(reid)}; re-ranked (rank --rerank) {one(reid['rerank'])}"
 
 
 if __name__ == "__main__":
