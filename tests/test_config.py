@@ -19,7 +19,8 @@ def test_every_shipped_config_loads_and_round_trips(path):
 def test_base_inheritance_and_overrides_precedence():
     config = load_config("configs/demo.yaml", ["train.epochs=3", "data.flip=false"])
     assert config.name == "demo"
-    assert config.data.height == 128  # from cpu_resnet50.yaml
+    assert config.data.height == 96  # demo.yaml's own value wins over cpu_resnet50.yaml's 128
+    assert config.data.pad == 6 and config.data.ids_per_batch == 8  # from cpu_resnet50.yaml
     assert config.model.last_stride == 1  # from market1501_resnet50.yaml
     assert config.train.epochs == 3 and config.data.flip is False
 
