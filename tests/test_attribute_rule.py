@@ -88,6 +88,22 @@ def test_neighbour_voting_hand_case():
         decide(probs, AttributeRule(neighbours=2))
 
 
+def test_decisions_for_some_rows_of_a_pool_match_the_whole_pool_s():
+    rng = np.random.default_rng(4)
+    embeddings = rng.normal(size=(12, 5)).astype(np.float32)
+    embeddings[7] = embeddings[3]  # a duplicate: row 7 must still come first for itself
+    probs = _random_probs(12)
+    rule = AttributeRule(neighbours=3)
+    rows = np.array([7, 0, 3])
+    some = nearest_neighbours(embeddings, 3, rows=rows)
+    whole = nearest_neighbours(embeddings, 3)
+    np.testing.assert_array_equal(some, whole[rows])
+    assert some[0, 0] == 7 and some[2, 0] == 3
+    np.testing.assert_array_equal(decide(probs, rule, some), decide(probs, rule, whole)[rows])
+    with pytest.raises(ValueError, match="pool of 12"):
+        decide(probs, rule, some + 12)
+
+
 def test_nearest_neighbours_puts_each_row_first_among_duplicates():
     embeddings = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], np.float32)
     nearest = nearest_neighbours(embeddings, 2)

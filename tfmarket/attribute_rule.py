@@ -98,18 +98,21 @@ def _as_class_probs(head: str, p: np.ndarray) -> np.ndarray:
     return p
 
 
-def nearest_neighbours(embeddings: np.ndarray, k: int) -> np.ndarray:
-    """int [N, min(k, N)]: each row's k nearest rows by cosine distance, itself first."""
+def nearest_neighbours(embeddings: np.ndarray, k: int,
+                       rows: np.ndarray | None = None) -> np.ndarray:
+    """int [R, min(k, N)]: the k nearest rows of ``embeddings`` [N, D] (cosine distance) to
+    each of ``rows`` (default: all N rows), the row itself first."""
     from tfmarket.search import cosine_topk, l2_normalize
 
     emb = l2_normalize(embeddings)
+    rows = np.arange(len(emb)) if rows is None else np.asarray(rows, dtype=np.int64)
     k = min(int(k), len(emb))
-    indices, _ = cosine_topk(emb, emb, k)
+    indices, _ = cosine_topk(emb[rows], emb, k)
     # Exact duplicates tie with the row itself (ties go by index); put the row first so that
     # k = 1 means "the image alone".
-    for i in np.flatnonzero(indices[:, 0] != np.arange(len(emb))):
-        others = [j for j in indices[i] if j != i]
-        indices[i] = [i, *others[: k - 1]]
+    for i in np.flatnonzero(indices[:, 0] != rows):
+        others = [j for j in indices[i] if j != rows[i]]
+        indices[i] = [rows[i], *others[: k - 1]]
     return indices
 
 
@@ -120,18 +123,20 @@ def decide(probs: Mapping[str, np.ndarray], rule: AttributeRule,
     Args:
         probs: head -> probabilities ([N, C] softmax, [N] or [N, 1] sigmoid), one pool.
         rule: the decision rule.
-        neighbours: int [N, >= rule.neighbours] from :func:`nearest_neighbours` (needed when
-            ``rule.neighbours > 1``; only the first ``rule.neighbours`` columns are used).
+        neighbours: int [R, >= rule.neighbours] pool indices from :func:`nearest_neighbours`
+            (needed when ``rule.neighbours > 1``; only the first ``rule.neighbours`` columns
+            are used): decisions are made for those R images (all N when R = N).
 
     Returns:
-        int [N, 27] in annotation encoding (``tfmarket.attributes.COLUMNS``).
+        int [N, 27] (int [R, 27] with ``neighbours``) in annotation encoding
+        (``tfmarket.attributes.COLUMNS``).
     """
     n = len(np.asarray(probs["age"]))
     k = min(rule.neighbours, n)  # a pool smaller than k: every image votes
-    if k > 1 and (neighbours is None or neighbours.shape != (n, neighbours.shape[1])
-                  or neighbours.shape[1] < k):
-        raise ValueError(f"rule averages {k} images; pass neighbours [{n}, >= {k}] from "
-                         f"nearest_neighbours")
+    if k > 1 and (neighbours is None or neighbours.ndim != 2 or neighbours.shape[1] < k
+                  or neighbours.max(initial=0) >= n):
+        raise ValueError(f"rule averages {k} images; pass neighbours [rows, >= {k}] into the "
+                         f"pool of {n} from nearest_neighbours")
     adjusted = {}
     for head in HEADS:
         p = _as_class_probs(head, probs[head])

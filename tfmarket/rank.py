@@ -246,16 +246,16 @@ def decide_attributes(q_out: dict, g_out: dict, rule) -> tuple[np.ndarray, np.nd
     from tfmarket.attribute_rule import decide, nearest_neighbours
     from tfmarket.attributes import HEADS
 
-    def columns(outputs: list[dict]) -> np.ndarray:
-        probs = {h: np.concatenate([o[h] for o in outputs]) for h in HEADS}
-        nearest = None
-        if rule.neighbours > 1:
-            nearest = nearest_neighbours(np.concatenate([o["embedding"] for o in outputs]),
-                                         rule.neighbours)
-        return decide(probs, rule, nearest)
-
-    n_query = len(q_out["embedding"])
-    return columns([q_out, g_out])[:n_query], columns([g_out])
+    q_probs = {h: q_out[h] for h in HEADS}
+    g_probs = {h: g_out[h] for h in HEADS}
+    if rule.neighbours == 1:
+        return decide(q_probs, rule), decide(g_probs, rule)
+    pool_probs = {h: np.concatenate([q_probs[h], g_probs[h]]) for h in HEADS}
+    pool = np.concatenate([q_out["embedding"], g_out["embedding"]])
+    # Only the queries' rows of the query + gallery search: the gallery's come from its own.
+    q_near = nearest_neighbours(pool, rule.neighbours, rows=np.arange(len(q_out["embedding"])))
+    g_near = nearest_neighbours(g_out["embedding"], rule.neighbours)
+    return decide(pool_probs, rule, q_near), decide(g_probs, rule, g_near)
 
 
 def evaluate(query, gallery, q_out, g_out, q_columns, g_columns, distmat, columns) -> dict:
