@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ def write_jpeg(path: Path, rgb=(120, 60, 30), size=(64, 128), mode="RGB", fmt="J
 
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.new("RGB", size, rgb)
-    noise = np.random.default_rng(abs(hash(path.name)) % 2**32).integers(
+    noise = np.random.default_rng(zlib.crc32(path.name.encode())).integers(
         0, 40, (size[1], size[0], 3), dtype=np.uint8)
     image = Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype(np.uint8))
     if mode != "RGB":

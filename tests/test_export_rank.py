@@ -164,3 +164,21 @@ def test_rank_faiss_flat_search_equals_exact(exported, course_synth, tmp_path):
                           "--out", str(result_dir), "--topk", "10", "--search", search]) == 0
         rankings.append(read_reid(result_dir / "reid_test.txt"))
     assert rankings[0] == rankings[1]
+
+
+def test_same_model_and_data_give_byte_identical_outputs(exported, course_synth, tmp_path):
+    """Export and rank outputs carry no wall-clock time: rerunning reproduces them byte for byte."""
+    import pathlib
+
+    out, card, _ = exported
+    again = tmp_path / "exp"
+    export_run(pathlib.Path(card["source_run"]), again, onnx=True, int8=True, parity_images=8)
+    assert (again / "model_card.json").read_bytes() == (out / "model_card.json").read_bytes()
+    written = []
+    for name in ("a", "b"):
+        assert rank_main(["--model", str(out / "model.onnx"), "--data", str(course_synth),
+                          "--out", str(tmp_path / name), "--topk", "5"]) == 0
+        written.append({p.name: p.read_bytes() for p in sorted((tmp_path / name).iterdir())})
+    assert set(written[0]) >= {"reid_test.txt", "classification_test.csv", "embeddings.npz",
+                               "metrics.json"}
+    assert written[0] == written[1]

@@ -64,6 +64,9 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path):
         c = _files(Path(S.write_synthetic(tmp_path / f"{layout}c", layout, seed=6, **args)["root"]))
         assert a == b
         assert a != c
+    # Same bytes whenever the file is written: no time or OS in the MAT-5 header text.
+    mat = next((tmp_path / "market1501a").rglob("market_attribute.mat")).read_bytes()[:116]
+    assert b"Created on" not in mat and mat.startswith(b"MATLAB 5.0 MAT-file")
 
 
 def test_refuses_non_empty_folder_and_overwrites_only_synthetic_data(tmp_path):

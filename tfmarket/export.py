@@ -226,7 +226,9 @@ def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, in
                             "colour column",
             },
             "training_config": to_dict(config),
-            "validation": metrics.get("validation"),
+            # without the validation's wall time: the card is reproducible from the run
+            "validation": {k: v for k, v in (metrics.get("validation") or {}).items()
+                           if k != "seconds"} or None,
             "train_identities": metrics.get("train_identities"),
             "parity": result["parity"],
             "files": result["files"] + [MODEL_CARD],

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tfmarket.errors import DataError, TfmarketError
+from tfmarket.npzfile import save_npz
 from tfmarket.search import FAISS_KINDS, REFINE_TYPES
 
 STORE_KEYS = ("files", "embedding", "attributes")
@@ -70,7 +71,7 @@ def embed_store(model_path: str, paths: list[str], batch_size: int = 64) -> dict
 def save_store(store: dict, path: str | Path) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **store)
+    save_npz(tmp, **store)
     tmp.replace(path)
 
 

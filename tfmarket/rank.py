@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from tfmarket.errors import DataError, TfmarketError
+from tfmarket.npzfile import save_npz
 from tfmarket.search import FAISS_KINDS
 
 SEARCHES = ("exact", *(f"faiss-{kind}" for kind in FAISS_KINDS))
@@ -189,8 +190,8 @@ def rank(args) -> dict:
     write_reid(out / "reid_test.txt", q_names, g_names, indices)
     q_columns, g_columns = decide_attributes(q_out, g_out, rule)
     write_classification(out / "classification_test.csv", g_names, g_columns)
-    np.savez_compressed(
-        out / "embeddings.npz",
+    save_npz(
+        out / "embeddings.npz", compressed=True,
         query_files=np.array(query.paths), gallery_files=np.array(gallery.paths),
         query_embedding=q_out["embedding"], gallery_embedding=g_out["embedding"],
         query_attributes=q_columns, gallery_attributes=g_columns,

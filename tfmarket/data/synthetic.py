@@ -29,6 +29,7 @@ Layouts written by :func:`write_synthetic` follow the course's and Market-1501's
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -891,6 +892,10 @@ def _attribute_struct(rows: np.ndarray, pids: list[int], order: tuple[str, ...])
     return struct
 
 
+MAT_HEADER = "MATLAB 5.0 MAT-file, written by tfmarket.data.synthetic"
+MAT_HEADER_BYTES = 116  # descriptive text at the start of a MAT-5 file (then version and endian)
+
+
 def _write_mat(path: Path, tables: dict[str, dict[int, np.ndarray]]) -> None:
     import scipy.io
 
@@ -899,7 +904,13 @@ def _write_mat(path: Path, tables: dict[str, dict[int, np.ndarray]]) -> None:
         pids = sorted(tables[split])
         rows = np.stack([tables[split][p] for p in pids])
         root[0, 0][split] = _attribute_struct(rows, pids, order)
-    scipy.io.savemat(str(path), {"market_attribute": root})
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, {"market_attribute": root})
+    data = bytearray(buffer.getvalue())
+    # savemat stamps the wall-clock time and OS into the 116-byte MAT-5 header text; a fixed text
+    # keeps "same seed, same bytes" true for the .mat as for every image.
+    data[:MAT_HEADER_BYTES] = MAT_HEADER.ljust(MAT_HEADER_BYTES).encode("ascii")
+    path.write_bytes(bytes(data))
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
