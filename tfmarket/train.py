@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from tfmarket.config import load_config
+        from tfmarket.versions import check_runtime
+
+        check_runtime()  # before TensorFlow is imported: one plain line, not a traceback
 
         config = load_config(args.config, args.overrides)
         result = run(config, Path(args.workdir), restart=args.restart,
