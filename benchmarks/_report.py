@@ -24,7 +24,11 @@ def render_table(header, lines, left=(0,)) -> str:
 
 
 def machine_info() -> dict:
+    """Python, platform, core counts and the CPU's model with its bf16 / AMX / VNNI flags."""
+    from tfmarket.hardware import describe_cpu
+
     return {
+        "cpu": describe_cpu(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),

@@ -1,36 +1,50 @@
 """Training-step throughput (images/s): tfmarket's Keras ResNet50 vs torchvision ResNet50.
 
-    .venv/bin/python benchmarks/train_step.py [--sizes 256x128,128x64] [--batch 64]
-        [--steps 10] [--precisions float32,mixed_bfloat16] [--xla off|on|both]
-        [--peak-gflops 2000] [--json results.json]
-    .venv/bin/python benchmarks/train_step.py --quick   # 2 steps at batch 8, 128x64 only
+    .venv/bin/python benchmarks/train_step.py [--sizes 128x64,256x128] [--batch 64]
+        [--steps 2] [--repeats 7] [--warmup 3] [--precisions float32,mixed_bfloat16]
+        [--batchnorm fused,keras] [--xla off|on|both] [--profile 128x64] [--json out.json]
+    .venv/bin/python benchmarks/train_step.py --quick   # 2 rounds of 1 step at batch 8, 128x64
 
 Only the step is timed: inputs are constant in-memory tensors (random pixels in [0, 255],
-identity labels laid out P x K with K = 4, random attribute labels), repeated by tf.data.
+identity labels laid out P x K with K = 4, random attribute labels).
+
+How it copes with a shared, noisy machine (the same row can measure 2x apart minutes apart):
+every row's model lives in its own Python process, built and warmed up once (``--warmup``
+steps, which include tracing/compilation); then in each of ``--repeats`` rounds the rows take
+turns running ``--steps`` timed steps (a few seconds each), in alternating order. A row's
+images/s is the median over the rounds, with its spread (min-max), and its ratio to PyTorch bf16
+autocast is the median of the per-round ratios: both sides of a ratio are measured seconds
+apart, so drift in the machine's speed cancels. The CPU model and its bf16 / AMX / VNNI flags
+head the output.
 
 * ``tfmarket``: :func:`tfmarket.model.build_model` (ResNet50, random init, last stride 1, avg
   pooling, BNNeck, 751-way ID head, attribute heads) compiled exactly as ``tfmarket.train``
   compiles it (``build_losses``: label-smoothed ID softmax + batch-hard triplet + attribute
-  losses; ``build_optimizer``; ``build_metrics``), trained with ``model.fit``. Precision
-  ``float32`` and ``mixed_bfloat16`` (Keras mixed-precision policy), ``jit_compile`` (XLA)
-  off/on. TensorFlow's default thread settings.
+  losses; ``build_optimizer``; ``build_metrics``), stepped with ``train_on_batch`` (the
+  compiled train function that ``fit`` runs). Precision ``float32`` and ``mixed_bfloat16``
+  (Keras mixed-precision policy); BN layers ``fused`` (tfmarket's FusedBatchNormalization,
+  the default) or ``keras`` (Keras's own layer, as before issue 12); ``jit_compile`` (XLA)
+  off/on. TensorFlow's default threads.
 * ``pytorch``: torchvision ``resnet50`` (random init, the same last-stride-1 change, 751-way
   linear head), channels_last memory format, forward + cross-entropy + backward + Adam step;
-  ``float32`` and bfloat16 autocast. PyTorch's default thread settings. torchvision's ResNet50
+  ``float32`` and bfloat16 autocast. PyTorch's default thread settings. Rows in waiting sleep
+  in a pipe read, so they take no CPU from the row being timed. torchvision's ResNet50
   is v1.5 (stride in the 3x3 conv), about 6% more compute than Keras's v1 (stride in the 1x1
   conv: 3.86 vs 4.1 GMACs at 224x224); the tfmarket model adds BNNeck, the attribute heads and
   the triplet loss, which cost little. The two do about the same work per image.
 
-Warm-up steps (``--warmup``, which include tracing/compilation) are not timed; the compile
-time is reported separately. The FLOP count is analytic (conv + dense multiply-accumulates of
-the Keras model, x2 FLOPs per MAC, backward = 2 x forward); with ``--peak-gflops`` the table
-also shows the images/s that peak would give.
+The FLOP count is analytic (conv + dense multiply-accumulates of the Keras model, x2 FLOPs per
+MAC, backward = 2 x forward). ``--profile SIZE`` adds, after the rounds, two profiled steps of
+each tfmarket row at that size and prints its top TensorFlow ops by self time.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import json
+import os
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,28 +71,38 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default=None,
-                        help="HxW list, default 256x128,128x64 (--quick: 128x64)")
+                        help="HxW list, default 128x64,256x128 (--quick: 128x64)")
     parser.add_argument("--batch", type=int, default=None,
                         help="images per step, a multiple of 4 (default 64 = 16x4; --quick: 8)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per row per round (default 2; --quick: 1)")
     parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed steps, include compilation (default 5; --quick: 1)")
+                        help="untimed steps, include compilation (default 3; --quick: 1)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="rounds in which every row runs --steps steps (default 7; "
+                        "--quick: 2)")
     parser.add_argument("--precisions", default="float32,mixed_bfloat16",
                         help="Keras policies; PyTorch rows use fp32 / bf16 autocast to match")
+    parser.add_argument("--batchnorm", default="fused,keras",
+                        help="tfmarket BN layers: fused (tfmarket's), keras (Keras's own), both")
     parser.add_argument("--xla", choices=("off", "on", "both"), default="off",
                         help="tfmarket rows with jit_compile off, on or both (XLA compile of "
                         "ResNet50 training takes minutes on CPU)")
+    parser.add_argument("--interop", default="0",
+                        help="tfmarket rows with these TensorFlow inter-op thread counts "
+                        "(TF_NUM_INTEROP_THREADS; 0 = TensorFlow's default), e.g. 0,1")
     parser.add_argument("--last-stride", type=int, default=1, choices=(1, 2))
     parser.add_argument("--config", default=str(REPO / "configs" / "market1501_resnet50.yaml"),
                         help="config whose loss/train sections set losses and optimizer")
-    parser.add_argument("--peak-gflops", type=float, default=0.0,
-                        help="machine peak GFLOP/s (for the precision in question); adds a "
-                        "theoretical images/s column")
+    parser.add_argument("--profile", default="",
+                        help="HxW: after the repeats, profile each tfmarket row at this size "
+                        "and print its top ops")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
     parser.add_argument("--no-tf", action="store_true", help="skip the tfmarket rows")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 timed steps, 1 warm-up, batch 8, 128x64")
+                        help="smoke run: 2 rounds of 1 step, 1 warm-up, batch 8, 128x64")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # a row's worker, JSON spec
     return parser
 
 
@@ -145,66 +169,72 @@ def rule_of_thumb_gmacs(height: int, width: int) -> float:
 # --- tfmarket ---------------------------------------------------------------------------------
 
 
-def bench_tf(height, width, precision, xla, args, config) -> dict:
+def tf_trainer(spec: dict, args):
+    """A compiled tfmarket model on one constant batch -> (step(n) -> (seconds, loss), facts)."""
     import keras
     import tensorflow as tf
 
+    from tfmarket.config import load_config
     from tfmarket.model import build_model
     from tfmarket.train import _model_targets, build_losses, build_metrics, build_optimizer
 
-    keras.backend.clear_session()
-    gc.collect()
+    config = load_config(args.config)
+    height, width = spec["height"], spec["width"]
     keras.utils.set_random_seed(0)
-    keras.mixed_precision.set_global_policy(precision)
-    try:
-        model = build_model(NUM_IDS, height=height, width=width, backbone="resnet50",
-                            weights=None, last_stride=args.last_stride, pooling="avg")
-        losses, loss_weights = build_losses(config, dataset_targets())
-        model.compile(
-            optimizer=build_optimizer(config.train, steps_per_epoch=1000),
-            loss=losses, loss_weights=loss_weights, metrics=build_metrics(), jit_compile=xla,
-        )
-        macs = count_macs(model)
-        images, targets = synthetic_batch(args.batch, height, width)
-        y = _model_targets({k: tf.constant(v) for k, v in targets.items()})
-        ds = tf.data.Dataset.from_tensors((tf.constant(images), y)).repeat()
-        timer = _StepTimer()
-        start = time.perf_counter()
-        history = model.fit(ds, epochs=1, steps_per_epoch=args.warmup + args.steps, verbose=0,
-                            callbacks=[timer])
-        times = [start] + timer.times
-        seconds = times[-1] - times[args.warmup]
-        loss = float(history.history["loss"][-1])
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    del model
-    keras.backend.clear_session()
-    gc.collect()
-    return _row(
-        "tfmarket", "Keras ResNet50 + BNNeck + heads, full loss set", height, width,
-        precision, "on" if xla else "off", args, seconds,
-        compile_seconds=times[1] - times[0], macs=macs, loss=loss,
+    keras.mixed_precision.set_global_policy(spec["precision"])
+    model = build_model(NUM_IDS, height=height, width=width, backbone="resnet50",
+                        weights=None, last_stride=args.last_stride, pooling="avg",
+                        fused_batchnorm=spec["batchnorm"] == "fused")
+    losses, loss_weights = build_losses(config, dataset_targets())
+    model.compile(
+        optimizer=build_optimizer(config.train, steps_per_epoch=1000),
+        loss=losses, loss_weights=loss_weights, metrics=build_metrics(),
+        jit_compile=spec["xla"] == "on",
     )
+    images, targets = synthetic_batch(args.batch, height, width)
+    x = tf.constant(images)
+    y = _model_targets({k: tf.constant(v) for k, v in targets.items()})
+
+    def steps(n: int) -> tuple[float, float]:
+        # train_on_batch runs the same compiled train function as fit, one step per call.
+        start = time.perf_counter()
+        for _ in range(n):
+            logs = model.train_on_batch(x, y, return_dict=True)
+        return time.perf_counter() - start, float(logs["loss"])
+
+    def profile(directory: str) -> list[dict]:
+        tf.profiler.experimental.start(directory)
+        steps(2)
+        tf.profiler.experimental.stop()
+        return top_ops(directory)
+
+    return steps, profile, {"fwd_macs_per_image": count_macs(model)}
 
 
-class _StepTimer:
-    """Keras callback recording the wall time at the end of every training step."""
+def top_ops(profile_dir: str, count: int = 12) -> list[dict]:
+    """TensorFlow ops by self time in a profile: [{op, ms, share}] (share of all op time).
 
-    def __new__(cls):
-        import keras
+    Reads the profiler's XSpace directly: op events sit on the ``tf_Compute`` threads of the
+    host plane, named ``node:OpType``; the intra-op (Eigen/oneDNN) helper threads are not ops.
+    """
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-        class StepTimer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.times: list[float] = []
-
-            def on_train_batch_end(self, batch, logs=None):
-                self.times.append(time.perf_counter())
-
-        return StepTimer()
-
-
-# --- PyTorch ----------------------------------------------------------------------------------
+    totals: dict[str, int] = {}
+    for path in Path(profile_dir).rglob("*.xplane.pb"):
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(path.read_bytes())
+        for plane in space.planes:
+            for line in plane.lines:
+                if not line.name.startswith("tf_Compute"):
+                    continue
+                for event in line.events:
+                    meta = plane.event_metadata[event.metadata_id]
+                    if ":" in meta.name and meta.display_name:
+                        totals[meta.display_name] = (totals.get(meta.display_name, 0)
+                                                     + event.duration_ps)
+    whole = sum(totals.values()) or 1
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:count]
+    return [{"op": op, "ms": ps / 1e9, "share": ps / whole} for op, ps in ranked]
 
 
 def import_torch():
@@ -214,10 +244,16 @@ def import_torch():
     return torch, torchvision
 
 
-def bench_torch(height, width, bf16: bool, args) -> dict:
+# --- PyTorch ----------------------------------------------------------------------------------
+
+
+def torch_trainer(spec: dict, args):
+    """torchvision ResNet50 on one constant batch -> (step(n) -> (seconds, loss), None, facts)."""
     import torch
     import torchvision
 
+    height, width = spec["height"], spec["width"]
+    bf16 = spec["precision"] != "float32"
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None, num_classes=NUM_IDS)
     if args.last_stride == 1:
@@ -230,77 +266,195 @@ def bench_torch(height, width, bf16: bool, args) -> dict:
         memory_format=torch.channels_last) / 255.0
     y = torch.from_numpy(targets["id"]).long()
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-            loss = torch.nn.functional.cross_entropy(logits.float(), y)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
+    def steps(n: int) -> tuple[float, float]:
+        start = time.perf_counter()
+        for _ in range(n):
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)
+                loss = torch.nn.functional.cross_entropy(logits.float(), y)
+            loss.backward()
+            optimizer.step()
+        return time.perf_counter() - start, float(loss.detach())
 
+    return steps, None, {"threads": torch.get_num_threads()}
+
+
+# --- rows, worker processes, report -----------------------------------------------------------
+
+TORCH_BF16 = "bf16 autocast"
+
+
+def row_specs(args, height: int, width: int) -> list[dict]:
+    """Every row of one input size, PyTorch first (the reference)."""
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    norms = [b.strip() for b in args.batchnorm.split(",") if b.strip()]
+    xlas = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.xla]
+    specs = []
+    if not args.no_torch:
+        for precision in precisions:
+            if precision != "mixed_float16":  # no fp16 autocast comparison on CPU
+                specs.append({"framework": "pytorch", "height": height, "width": width,
+                              "precision": "float32" if precision == "float32" else TORCH_BF16,
+                              "batchnorm": "-", "xla": "-"})
+    if not args.no_tf:
+        interops = [int(t) for t in args.interop.split(",") if t.strip()]
+        specs += [{"framework": "tfmarket", "height": height, "width": width,
+                   "precision": precision, "batchnorm": norm, "xla": xla,
+                   **({"interop": interop} if interop else {})}
+                  for precision in precisions for norm in norms for xla in xlas
+                  for interop in interops]
+    return specs
+
+
+class Worker:
+    """One row's model in its own Python process, built and warmed up once, then stepped on
+    request: rows take turns a block of steps at a time, so the machine's drift hits all alike.
+    """
+
+    def __init__(self, spec: dict, args):
+        self.spec = spec
+        forwarded = ["--batch", str(args.batch), "--warmup", str(args.warmup),
+                     "--last-stride", str(args.last_stride), "--config", args.config]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        if spec.get("interop"):
+            env["TF_NUM_INTEROP_THREADS"] = str(spec["interop"])
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--child", json.dumps(spec), *forwarded],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env)
+        self.facts = self._reply("READY")
+
+    def _reply(self, tag: str) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(tag + " "):
+                return json.loads(line[len(tag) + 1:])
+        error = self.process.stderr.read().strip().splitlines()[-3:]
+        raise RuntimeError(f"{self.spec}: worker died: " + " | ".join(error))
+
+    def run(self, steps: int) -> dict:
+        self.process.stdin.write(f"run {steps}\n")
+        self.process.stdin.flush()
+        return self._reply("TIME")
+
+    def profile(self, directory: str) -> list[dict]:
+        self.process.stdin.write(f"profile {directory}\n")
+        self.process.stdin.flush()
+        return self._reply("PROFILE")["top_ops"]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.write("quit\n")
+            self.process.stdin.flush()
+            self.process.wait(timeout=60)
+
+
+def child_main(args) -> int:
+    """Worker side of :class:`Worker`: build, warm up, then answer run/profile/quit lines."""
+    spec = json.loads(args.child)
+    make = torch_trainer if spec["framework"] == "pytorch" else tf_trainer
     start = time.perf_counter()
-    for _ in range(args.warmup):
-        step()
-    compile_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
-    seconds = time.perf_counter() - start
-    return _row(
-        "pytorch", "torchvision resnet50, channels_last, CE + Adam", height, width,
-        "bf16 autocast" if bf16 else "float32", "-", args, seconds,
-        compile_seconds=compile_seconds, macs=None, loss=loss,
-    )
+    steps, profile, facts = make(spec, args)
+    steps(args.warmup)
+    facts["warmup_seconds"] = time.perf_counter() - start
+    print("READY " + json.dumps(facts), flush=True)
+    for line in sys.stdin:
+        command, _, value = line.strip().partition(" ")
+        if command == "run":
+            seconds, loss = steps(int(value))
+            print("TIME " + json.dumps({"seconds": seconds, "loss": loss}), flush=True)
+        elif command == "profile":
+            print("PROFILE " + json.dumps({"top_ops": profile(value) if profile else []}),
+                  flush=True)
+        else:
+            break
+    return 0
 
 
-# --- report -----------------------------------------------------------------------------------
+def measure_size(height: int, width: int, args) -> tuple[list[dict], list[dict]]:
+    """All rows of one size: rounds of ``--steps`` steps per row, rows in turn.
+
+    Returns (rows with per-round images/s, [{row, top_ops}] when ``--profile`` names the size).
+    """
+    import tempfile
+
+    workers = []
+    try:
+        for spec in row_specs(args, height, width):
+            workers.append(Worker(spec, args))
+            print(f"  ready: {_label(spec)} (build + {args.warmup} warm-up steps "
+                  f"{workers[-1].facts['warmup_seconds']:.0f} s)", flush=True)
+        rounds = []
+        for number in range(args.repeats):
+            result = {}
+            for worker in workers if number % 2 == 0 else workers[::-1]:
+                timed = worker.run(args.steps)
+                result[_key(worker.spec)] = args.steps * args.batch / timed["seconds"]
+            rounds.append(result)
+            print(f"  round {number + 1}/{args.repeats}: " + ", ".join(
+                f"{_label(w.spec)} {result[_key(w.spec)]:.1f}" for w in workers), flush=True)
+        profiles = []
+        if args.profile and parse_sizes(args.profile)[0] == (height, width):
+            for worker in workers:
+                if worker.spec["framework"] == "tfmarket":
+                    ops = worker.profile(tempfile.mkdtemp(prefix="tfprof-"))
+                    profiles.append({**worker.spec, "size": f"{height}x{width}", "top_ops": ops})
+    finally:
+        for worker in workers:
+            worker.close()
+    rows = [{**w.spec, "size": f"{height}x{width}", **w.facts,
+             "images_per_second": [r[_key(w.spec)] for r in rounds]} for w in workers]
+    reference = _key({**row_specs(args, height, width)[0], "framework": "pytorch",
+                      "precision": TORCH_BF16, "batchnorm": "-", "xla": "-"})
+    for row in rows:
+        row["ratio_vs_torch_bf16"] = [r[_key(row)] / r[reference] for r in rounds
+                                      if reference in r]
+    return rows, profiles
 
 
-def _row(framework, model, height, width, precision, xla, args, seconds, *, compile_seconds,
-         macs, loss) -> dict:
-    return {
-        "framework": framework,
-        "model": model,
-        "size": f"{height}x{width}",
-        "precision": precision,
-        "xla": xla,
-        "batch": args.batch,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "seconds": seconds,
-        "step_ms": 1000 * seconds / args.steps,
-        "images_per_second": args.steps * args.batch / seconds,
-        "warmup_seconds": compile_seconds,
-        "fwd_macs_per_image": macs,
-        "final_loss": loss,
-    }
+def _label(spec: dict) -> str:
+    if spec["framework"] == "pytorch":
+        return f"pytorch {spec['precision']}"
+    return f"tfmarket {spec['precision']} BN {spec['batchnorm']}" + (
+        " XLA" if spec["xla"] == "on" else "") + (
+        f" inter-op {spec['interop']}" if spec.get("interop") else "")
 
 
+def _key(row) -> tuple:
+    return (row["framework"], row["precision"], row["batchnorm"], row["xla"],
+            row.get("interop", 0))
 
-def format_table(rows, flops_per_image: dict[str, float], peak_gflops: float) -> str:
-    baseline = {
-        r["size"]: r["images_per_second"]
-        for r in rows if r["framework"] == "pytorch" and r["precision"] == "float32"
-    }
-    header = ["framework", "size", "precision", "xla", "images/s", "step ms",
-              "vs PyTorch fp32 channels_last", "GFLOP/s"]
-    if peak_gflops:
-        header.append(f"peak images/s @{peak_gflops:g}")
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Median and spread over the rounds of images/s and of the ratio to PyTorch bf16."""
+    out = []
+    for row in rows:
+        rates, ratios = row["images_per_second"], row["ratio_vs_torch_bf16"]
+        out.append({**row, "median": statistics.median(rates), "min": min(rates),
+                    "max": max(rates),
+                    "median_ratio": statistics.median(ratios) if ratios else None,
+                    "ratio_min": min(ratios, default=None),
+                    "ratio_max": max(ratios, default=None)})
+    return out
+
+
+def format_table(summary: list[dict], flops_per_image: dict[str, float]) -> str:
+    header = ["framework", "size", "precision", "BN", "xla", "inter-op", "images/s median",
+              "min-max",
+              "vs PyTorch bf16: median", "min-max", "GFLOP/s"]
     lines = []
-    for r in rows:
-        base = baseline.get(r["size"])
+    for r in summary:
         flops = flops_per_image.get(r["size"])
-        line = [
-            r["framework"], r["size"], r["precision"], r["xla"],
-            f"{r['images_per_second']:.2f}", f"{r['step_ms']:.0f}",
-            f"{r['images_per_second'] / base:.2f}x" if base else "n/a",
-            f"{r['images_per_second'] * flops / 1e9:.0f}" if flops else "n/a",
-        ]
-        if peak_gflops:
-            line.append(f"{peak_gflops * 1e9 / flops:.1f}" if flops else "n/a")
-        lines.append(line)
-    return render_table(header, lines, left=(0, 1, 2, 3))
+        ratio = r["median_ratio"] is not None
+        lines.append([
+            r["framework"], r["size"], r["precision"], r["batchnorm"], r["xla"],
+            str(r.get("interop") or ("-" if r["framework"] == "pytorch" else "default")),
+            f"{r['median']:.2f}", f"{r['min']:.1f}-{r['max']:.1f}",
+            f"{r['median_ratio']:.2f}x" if ratio else "n/a",
+            f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}" if ratio else "",
+            f"{r['median'] * flops / 1e9:.0f}" if flops else "n/a",
+        ])
+    return render_table(header, lines, left=(0, 1, 2, 3, 4, 5))
 
 
 def flops_report(sizes, macs_by_size: dict[str, int], last_stride: int) -> tuple[str, dict]:
@@ -319,11 +473,20 @@ def flops_report(sizes, macs_by_size: dict[str, int], last_stride: int) -> tuple
         per_image[size] = 3 * 2 * gmacs * 1e9
         lines.append(
             f"  {size}: fwd {gmacs:.2f} GMACs = {2 * gmacs:.2f} GFLOPs ({source}); "
-            f"rule of thumb 4.1 GMACs x pixels/224^2 = {thumb:.2f} GMACs (last stride 2); "
             f"train step {3 * 2 * gmacs:.2f} GFLOPs/image"
         )
     return "\n".join(lines), per_image
 
+
+def format_profiles(profiles: list[dict]) -> str:
+    blocks = []
+    for r in profiles:
+        lines = [[o["op"], f"{o['ms'] / 2:.0f}", f"{100 * o['share']:.1f}%"]
+                 for o in r["top_ops"]]
+        blocks.append(f"top ops, tfmarket {r['size']} {r['precision']} BN {r['batchnorm']} "
+                      f"xla {r['xla']} (self time per step, 2 profiled steps):\n"
+                      + render_table(["op", "ms/step", "share"], lines))
+    return "\n\n".join(blocks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,89 +494,58 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.sizes = args.sizes or "128x64"
         args.batch = args.batch or 8
-        args.steps = args.steps or 2
+        args.steps = args.steps or 1
         args.warmup = args.warmup if args.warmup is not None else 1
-    args.sizes = args.sizes or "256x128,128x64"
+        args.repeats = args.repeats or 2
+    args.sizes = args.sizes or "128x64,256x128"
     args.batch = args.batch or 64
-    args.steps = args.steps or 10
-    args.warmup = args.warmup if args.warmup is not None else 5
+    args.steps = args.steps or 2
+    args.warmup = args.warmup if args.warmup is not None else 3
+    args.repeats = args.repeats or 7
+    if args.child:
+        return child_main(args)
     if args.batch % K:
         raise SystemExit(f"--batch must be a multiple of {K} (P x K batches)")
     if args.warmup < 1:
         raise SystemExit("--warmup must be at least 1 (the first step compiles)")
-    sizes = parse_sizes(args.sizes)
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    xlas = {"off": [False], "on": [True], "both": [False, True]}[args.xla]
-    print(f"batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps, "
-          f"sizes {args.sizes}, last stride {args.last_stride}", flush=True)
-
-    rows: list[dict] = []
-    notes: list[str] = []
-    versions: dict[str, str] = {}
     if not args.no_torch:
         try:
-            torch, torchvision = import_torch()
-            versions.update(torch=torch.__version__, torchvision=torchvision.__version__)
-            print(f"torch {torch.__version__}: {torch.get_num_threads()} threads, CPU capability "
-                  f"{torch.backends.cpu.get_cpu_capability()}", flush=True)
+            import_torch()
         except (ImportError, RuntimeError, OSError) as exc:
-            notes.append(TORCH_HINT.format(error=f"{type(exc).__name__}: {exc}"))
-            print(notes[-1])
-        else:
-            for height, width in sizes:
-                for precision in precisions:
-                    if precision == "mixed_float16":
-                        continue  # no fp16 autocast comparison on CPU
-                    rows.append(bench_torch(height, width, precision != "float32", args))
-                    print(f"  pytorch {height}x{width} {rows[-1]['precision']}: "
-                          f"{rows[-1]['images_per_second']:.2f} images/s", flush=True)
-
-    macs_by_size: dict[str, int] = {}
-    if not args.no_tf:
-        import tensorflow as tf
-
-        from tfmarket.config import load_config
-
-        versions["tensorflow"] = tf.__version__
-        config = load_config(args.config)
-        threads = (tf.config.threading.get_intra_op_parallelism_threads(),
-                   tf.config.threading.get_inter_op_parallelism_threads())
-        print(f"tensorflow {tf.__version__}: intra/inter-op threads {threads} (0 = default); "
-              f"loss/optimizer from {args.config} (optimizer {config.train.optimizer})",
-              flush=True)
-        for height, width in sizes:
-            for precision in precisions:
-                for xla in xlas:
-                    rows.append(bench_tf(height, width, precision, xla, args, config))
-                    r = rows[-1]
-                    macs_by_size.setdefault(r["size"], r["fwd_macs_per_image"])
-                    print(f"  tfmarket {r['size']} {precision} xla={r['xla']}: "
-                          f"{r['images_per_second']:.2f} images/s "
-                          f"(warm-up incl. compile {r['warmup_seconds']:.1f} s)", flush=True)
-
-    flops_text, flops_per_image = flops_report(sizes, macs_by_size, args.last_stride)
-    order = {f"{h}x{w}": i for i, (h, w) in enumerate(sizes)}
-    rows.sort(key=lambda r: (order[r["size"]], r["framework"] != "tfmarket"))
+            print(TORCH_HINT.format(error=f"{type(exc).__name__}: {exc}"))
+            args.no_torch = True
+    machine = machine_info()
+    print(f"CPU: {machine['cpu']}; {machine['affinity_cpus']} usable cores")
+    print(f"batch {args.batch}, sizes {args.sizes}, last stride {args.last_stride}; every row "
+          f"in its own process, built and warmed up ({args.warmup} steps), then {args.repeats} "
+          f"rounds in which the rows take turns running {args.steps} timed steps", flush=True)
+    rows, profiles = [], []
+    for height, width in parse_sizes(args.sizes):
+        size_rows, size_profiles = measure_size(height, width, args)
+        rows += size_rows
+        profiles += size_profiles
+    summary = summarise(rows)
+    macs_by_size = {r["size"]: r["fwd_macs_per_image"] for r in rows
+                    if r.get("fwd_macs_per_image")}
+    flops_text, flops_per_image = flops_report(parse_sizes(args.sizes), macs_by_size,
+                                               args.last_stride)
     print()
-    print(format_table(rows, flops_per_image, args.peak_gflops))
+    print(f"CPU: {machine['cpu']}")
+    print(format_table(summary, flops_per_image))
     print()
     print(flops_text)
+    if profiles:
+        print()
+        print(format_profiles(profiles))
     if args.json:
-        result = {
-            "benchmark": "train_step",
-            "quick": args.quick,
-            "batch": args.batch,
-            "last_stride": args.last_stride,
-            "peak_gflops": args.peak_gflops or None,
-            "train_flops_per_image": flops_per_image,
-            "machine": machine_info(),
-            "versions": versions,
-            "rows": rows,
-            "notes": notes,
-        }
-        write_json(args.json, result)
+        write_json(args.json, {
+            "benchmark": "train_step", "quick": args.quick, "batch": args.batch,
+            "steps_per_round": args.steps, "warmup": args.warmup, "rounds": args.repeats,
+            "last_stride": args.last_stride, "train_flops_per_image": flops_per_image,
+            "machine": machine, "rows": summary, "profiles": profiles,
+        })
     return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -118,3 +118,47 @@ def test_lost_worker_message_names_the_worker_and_the_backup_epoch(tmp_path):
     assert "/job:worker/replica:0/task:1" in message
     assert "epoch 3" in message and str(backup) in message
     assert "\n" not in message
+
+
+def test_mixed_float16_trains_with_loss_scaling(tmp_path, course_synth):
+    """The GPU path's precision, run on the CPU: the optimizer scales the loss, loss is finite."""
+    import math
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    import yaml
+
+    from tfmarket.attributes import HEADS
+    from tfmarket.train import _compiled_model
+
+    config = smoke_config(course_synth, "train.epochs=1", "train.precision=mixed_float16")
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        targets = {h: np.array([0, 1, 0], np.int32) for h in HEADS}
+        model = _compiled_model(config, tf.distribute.get_strategy(), 12, targets,
+                                steps_per_epoch=4)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert model.get_layer("tiny_backbone").get_layer("tiny_bn0").compute_dtype == "float16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    metrics = run(config, tmp_path / "run")
+    assert metrics["precision"] == "mixed_float16"
+    assert math.isfinite(metrics["final_train_loss"])
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]
+    assert written["precision"] == "mixed_float16"
+    assert written["precision_reason"] == "set in the config"
+
+
+def test_auto_precision_is_resolved_and_written(tmp_path, course_synth, capsys):
+    import yaml
+
+    from tfmarket.hardware import choose_precision, cpu_flags
+
+    expected, reason = choose_precision("auto", [], cpu_flags())
+    metrics = run(smoke_config(course_synth, "train.epochs=1", "train.steps_per_epoch=1",
+                               "train.precision=auto"), tmp_path / "run")
+    assert metrics["precision"] == expected
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]
+    assert (written["precision"], written["precision_reason"]) == (expected, reason)
+    assert f"precision: {expected} ({reason})" in capsys.readouterr().out

@@ -7,7 +7,7 @@ import os
 
 import tensorflow as tf
 
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+from tfmarket.hardware import choose_precision, cpu_flags
 
 
 def configure_cpu_replicas(count: int) -> None:
@@ -41,21 +41,14 @@ def choose_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
     return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
 
 
-def resolve_precision(precision: str) -> str:
-    """"auto" -> mixed_float16 on a GPU with tensor cores (compute capability >= 7), else float32.
-
-    bfloat16 on CPUs is opt-in: whether it is faster depends on the CPU (AVX-512 BF16 / AMX);
-    ``benchmarks/train_step.py`` measures it.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    if precision != "auto":
-        return precision
+def resolve_precision(precision: str) -> tuple[str, str]:
+    """(Keras policy, reason) for ``train.precision`` on this machine; see
+    :func:`tfmarket.hardware.choose_precision`."""
+    capabilities = []
     for gpu in tf.config.list_physical_devices("GPU"):
         capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
-        if capability and capability[0] >= 7:
-            return "mixed_float16"
-    return "float32"
+        capabilities.append(tuple(capability) if capability else (0, 0))
+    return choose_precision(precision, capabilities, cpu_flags())
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -34,6 +34,14 @@ class OnnxEmbedder:
         if threads:
             options.intra_op_num_threads = threads
         available = ort.get_available_providers()
+        if "CUDAExecutionProvider" in available and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu finds the CUDA/cuDNN libraries of pip's nvidia-* wheels (the
+            # [gpu] install) only once they are preloaded; without it the CUDA provider fails
+            # to load and the session silently runs on the CPU.
+            try:
+                ort.preload_dlls()
+            except Exception:  # noqa: BLE001 - system CUDA (e.g. Colab) needs no preloading
+                pass
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)

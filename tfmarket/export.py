@@ -160,6 +160,7 @@ def float32_copy(model, config):
             model.get_layer("id").units, height=config.data.height, width=config.data.width,
             backbone=m.backbone, weights=None, last_stride=m.last_stride, pooling=m.pooling,
             embedding_dim=m.embedding_dim, dropout=m.dropout,
+            fused_batchnorm=m.fused_batchnorm,
         )
     finally:
         keras.mixed_precision.set_global_policy(previous)

@@ -75,3 +75,65 @@ class L2Normalize(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+# Below this epsilon TensorFlow's fused kernel silently raises it (a cuDNN requirement), which
+# would change the math; such layers keep Keras's own path.
+FUSED_MIN_EPSILON = 1.001e-5
+
+
+@keras.saving.register_keras_serializable(package="tfmarket", name="FusedBatchNormalization")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """Keras ``BatchNormalization`` whose training step runs TensorFlow's fused kernel.
+
+    Import it as :data:`FusedBatchNormalization`. The class keeps Keras's name because Keras's
+    weight files (``.weights.h5``, the ``.keras`` archive, ``BackupAndRestore`` backups) key a
+    layer's variables by its class name: so the weights and backups of runs trained with
+    Keras's layer load into this one and back. ``.keras`` configs record it as
+    ``tfmarket>FusedBatchNormalization``.
+
+    Keras 3 normalises with separate moments / normalisation ops after upcasting bfloat16 or
+    float16 activations to float32, which costs a full extra read and write of every activation
+    map, forward and backward, in each of ResNet50's 53 BN layers. ``FusedBatchNormV3`` does it
+    in one pass in the input's dtype (statistics in float32; oneDNN on CPUs, cuDNN on GPUs).
+
+    Same weights, same semantics: output normalised with the batch's biased variance, moving
+    statistics ``m = m * momentum + batch_stat * (1 - momentum)`` with the biased variance, as in
+    Keras 3 (the kernel returns the Bessel-corrected one, which is undone here). Inference,
+    masks, renorm, synchronized BN, frozen layers, inputs that are not 4-D channels-last and
+    non-TensorFlow backends use Keras's own code, so a trained model computes what it did.
+
+    Input [B, H, W, C] -> same shape, in the layer's compute dtype.
+    """
+
+    def _fusable(self, inputs, training, mask) -> bool:
+        return (
+            bool(training) and self.trainable and mask is None
+            and not getattr(self, "renorm", False)  # Keras < 3.14 has no renorm
+            and not getattr(self, "synchronized", False) and keras.backend.backend() == "tensorflow"
+            and len(inputs.shape) == 4 and self.axis in (3, -1)
+            and self.epsilon >= FUSED_MIN_EPSILON
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        x = ops.cast(inputs, self.compute_dtype)
+        channels = x.shape[-1]
+        gamma = ops.cast(self.gamma, "float32") if self.scale else ops.ones((channels,))
+        beta = ops.cast(self.beta, "float32") if self.center else ops.zeros((channels,))
+        y, mean, corrected = tf.compat.v1.nn.fused_batch_norm(
+            x, gamma, beta, epsilon=self.epsilon, is_training=True, data_format="NHWC")[:3]
+        count = ops.cast(ops.prod(ops.shape(x)[:-1]), "float32")
+        variance = corrected * (count - 1.0) / ops.maximum(count, 1.0)
+        moving_mean = ops.cast(self.moving_mean, "float32")
+        moving_variance = ops.cast(self.moving_variance, "float32")
+        self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(
+            moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        return y
+
+
+FusedBatchNormalization = BatchNormalization

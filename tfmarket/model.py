@@ -17,51 +17,60 @@ from __future__ import annotations
 import keras
 
 from tfmarket.attributes import HEADS
-from tfmarket.layers import GeMPooling, L2Normalize, Normalize
+from tfmarket.layers import FusedBatchNormalization, GeMPooling, L2Normalize, Normalize
 
 BACKBONES = ("resnet50", "tiny")
 POOLINGS = ("avg", "gem")
 
 
-def _resnet50(input_shape, weights: str | None, last_stride: int) -> keras.Model:
+def _resnet50(input_shape, weights: str | None, last_stride: int,
+              fused_batchnorm: bool = True) -> keras.Model:
     """Keras ResNet50 feature extractor [B, H, W, 3] -> [B, H/32, W/32, 2048] (/16 if stride 1).
 
     ``weights``: "imagenet", None, or a path to a weights file for ResNet50(include_top=False).
+    ``fused_batchnorm``: its 53 BN layers train with TensorFlow's fused kernel
+    (:class:`tfmarket.layers.FusedBatchNormalization`: same weights and results, faster).
     """
     base = keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape)
-    if last_stride == 2:
+    if last_stride == 2 and not fused_batchnorm:
         return base
-    # BoT's last-stride trick: stride 1 in the first block of stage 5 (both the main path and
-    # the projection shortcut). Rebuilding from the edited config keeps all weight shapes.
+    # Rebuilding from the edited config keeps every weight's shape and order.
     config = base.get_config()
     for layer in config["layers"]:
+        # BoT's last-stride trick: stride 1 in the first block of stage 5 (both the main path
+        # and the projection shortcut).
         if layer["config"]["name"] in ("conv5_block1_1_conv", "conv5_block1_0_conv"):
             layer["config"]["strides"] = (last_stride, last_stride)
+        if fused_batchnorm and layer["class_name"] == "BatchNormalization":
+            layer["module"] = "tfmarket.layers"
+            layer["registered_name"] = "tfmarket>FusedBatchNormalization"
     model = keras.Model.from_config(config)
     model.set_weights(base.get_weights())
     return model
 
 
-def _tiny_backbone(input_shape) -> keras.Model:
+def _tiny_backbone(input_shape, fused_batchnorm: bool = True) -> keras.Model:
     """Three conv stages (32/64/128 filters) for tests: [B, H, W, 3] -> [B, H/8, W/8, 128]."""
+    batchnorm = FusedBatchNormalization if fused_batchnorm else keras.layers.BatchNormalization
     inputs = keras.Input(input_shape)
     x = inputs
     for i, filters in enumerate((32, 64, 128)):
         x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False,
                                 name=f"tiny_conv{i}")(x)
-        x = keras.layers.BatchNormalization(name=f"tiny_bn{i}")(x)
+        x = batchnorm(name=f"tiny_bn{i}")(x)
         x = keras.layers.ReLU(name=f"tiny_relu{i}")(x)
     return keras.Model(inputs, x, name="tiny_backbone")
 
 
-def build_backbone(name: str, input_shape, weights: str | None = None, last_stride: int = 1):
+def build_backbone(name: str, input_shape, weights: str | None = None, last_stride: int = 1,
+                   fused_batchnorm: bool = True):
     """Returns (feature-map model, normalisation mode its weights expect)."""
     if name == "resnet50":
-        return _resnet50(input_shape, weights, last_stride), "caffe"
+        return _resnet50(input_shape, weights, last_stride, fused_batchnorm), "caffe"
     if name == "tiny":
         if weights not in (None, "", "none"):
             raise ValueError("the tiny backbone has no pretrained weights; use weights: none")
-        return _tiny_backbone(input_shape), "torch"
+        return _tiny_backbone(input_shape, fused_batchnorm), "torch"
     raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(BACKBONES)}")
 
 
@@ -76,14 +85,20 @@ def build_model(
     pooling: str = "avg",
     embedding_dim: int = 0,
     dropout: float = 0.0,
+    fused_batchnorm: bool = True,
 ) -> keras.Model:
-    """The training model; see the module docstring for outputs."""
+    """The training model; see the module docstring for outputs.
+
+    ``fused_batchnorm``: the backbone's BN layers train with TensorFlow's fused kernel; False
+    gives Keras's own layers (same weights and results, slower; for comparison).
+    """
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
     if weights in ("", "none", "None"):
         weights = None
     images = keras.Input((height, width, 3), name="image")
-    trunk, mode = build_backbone(backbone, (height, width, 3), weights, last_stride)
+    trunk, mode = build_backbone(backbone, (height, width, 3), weights, last_stride,
+                                 fused_batchnorm)
     x = Normalize(mode, name="normalize")(images)
     x = trunk(x)
     if pooling == "gem":

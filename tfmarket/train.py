@@ -20,7 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -150,13 +150,16 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
     out_dir = workdir if chief else Path(tempfile.mkdtemp(prefix="tfmarket-worker-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = RunPaths(run_dir=workdir, out_dir=out_dir, chief=chief)
+    precision, reason = resolve_precision(config.train.precision)
+    print(f"precision: {precision} ({reason})", flush=True)
+    config = replace(config, train=replace(
+        config.train, precision=precision, precision_reason=reason))
     if chief:
         save_config(config, workdir / "config.yaml")
     keras.utils.set_random_seed(config.train.seed)
 
     data = load_training_data(config.data, out_dir)
 
-    precision = resolve_precision(config.train.precision)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
     try:
@@ -314,6 +317,7 @@ def _compiled_model(config, strategy, num_identities: int, targets: dict[str, np
             backbone=model_cfg.backbone, weights=model_cfg.weights or None,
             last_stride=model_cfg.last_stride, pooling=model_cfg.pooling,
             embedding_dim=model_cfg.embedding_dim, dropout=model_cfg.dropout,
+            fused_batchnorm=model_cfg.fused_batchnorm,
         )
         losses, loss_weights = build_losses(config, targets)
         model.compile(

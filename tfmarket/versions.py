@@ -24,7 +24,7 @@ from tfmarket.errors import TfmarketError
 # onnx 1.23 (protobuf >= 6.31.1) rules out, so 2.20 is the oldest that can share an environment
 # with this project's dependencies.
 TF_MIN = (2, 20)
-KERAS_MIN = (3, 14)  # tfmarket.layers reads BatchNormalization.renorm, new in Keras 3.14
+KERAS_MIN = (3, 14)  # the oldest seen training, exporting and ranking here (with TF 2.20)
 KERAS_BELOW = (4, 0)  # Keras 4 may change the APIs used here
 # The versions of the README's [cpu] / [gpu] installs, which the test suite runs on.
 TF_TESTED = "2.21.0"
