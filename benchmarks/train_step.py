@@ -404,8 +404,8 @@ def measure_size(height: int, width: int, args) -> tuple[list[dict], list[dict]]
             worker.close()
     rows = [{**w.spec, "size": f"{height}x{width}", **w.facts,
              "images_per_second": [r[_key(w.spec)] for r in rounds]} for w in workers]
-    reference = _key({**row_specs(args, height, width)[0], "framework": "pytorch",
-                      "precision": TORCH_BF16, "batchnorm": "-", "xla": "-"})
+    reference = _key({"framework": "pytorch", "precision": TORCH_BF16, "batchnorm": "-",
+                      "xla": "-"})
     for row in rows:
         row["ratio_vs_torch_bf16"] = [r[_key(row)] / r[reference] for r in rounds
                                       if reference in r]

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from tfmarket.errors import ConfigError
+from tfmarket.hardware import PRECISIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +109,7 @@ CHOICES = {
     "model.pooling": ("avg", "gem"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.schedule": ("step", "cosine", "constant"),
-    "train.precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+    "train.precision": PRECISIONS,
 }
 
 
