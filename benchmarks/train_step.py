@@ -59,6 +59,7 @@ if str(REPO) not in sys.path:
 NUM_IDS = 751  # Market-1501 training identities
 K = 4  # images per identity in the synthetic P x K batch
 RESNET50_GMACS_224 = 4.1  # torchvision's "4.09 GFLOPS" for ResNet50 are multiply-accumulates
+FIT_INPUTS = ("step", "fit-constant", "fit-pipeline")  # --fit rows, see fit_trainer
 TORCH_HINT = (
     "PyTorch baseline skipped: torch/torchvision not importable ({error}). Install with\n"
     "    .venv/bin/pip install torch==2.14.1 torchvision==0.29.1\n"
@@ -97,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default="",
                         help="HxW: after the repeats, profile each tfmarket row at this size "
                         "and print its top ops")
+    parser.add_argument("--fit", action="store_true",
+                        help="tfmarket rows three ways on --data with --config: "
+                        "train_on_batch (step), fit on a repeated batch, fit on the real input "
+                        "pipeline (what python -m tfmarket.train runs); adds 'vs step' ratios")
+    parser.add_argument("--fit-inputs", default=",".join(FIT_INPUTS),
+                        help="with --fit: which of step, fit-constant, fit-pipeline to run "
+                        "(step is always added)")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"
+                                              / "market1501-course"),
+                        help="dataset root for --fit (default ../shared/data/market1501-course)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
     parser.add_argument("--no-tf", action="store_true", help="skip the tfmarket rows")
     parser.add_argument("--json", help="write the results to this JSON file")
@@ -211,6 +222,71 @@ def tf_trainer(spec: dict, args):
     return steps, profile, {"fwd_macs_per_image": count_macs(model)}
 
 
+def fit_trainer(spec: dict, args):
+    """``tfmarket.train``'s own model, strategy and input on the real data -> step(n), facts.
+
+    Built by the functions ``tfmarket.train`` runs (``load_training_data``, ``choose_strategy``,
+    ``_compiled_model``, ``_make_dataset_fn``) from ``--config`` with the data root, size and
+    P x K batch of this benchmark, so the three ``input`` variants step the same model:
+
+    * ``fit-pipeline``: ``model.fit`` on the real input pipeline (decode, augmentation, P x K
+      sampling on the CPU cores the step also uses), as in ``python -m tfmarket.train``;
+    * ``fit-constant``: ``model.fit`` on one batch of that pipeline repeated (no input work);
+    * ``step``: ``train_on_batch`` on that batch (what the plain tfmarket rows measure).
+
+    Every ``fit`` call of n steps starts a fresh iterator (nothing prefetched while the row
+    waited for its turn), so the pipeline's full cost is in the time; a call is timed by
+    ``tfmarket.callbacks.Throughput``, the callback that reports ``tfmarket.train``'s images/s.
+    """
+    import tempfile
+    from dataclasses import replace
+
+    import keras
+    import tensorflow as tf
+
+    from tfmarket.callbacks import Throughput
+    from tfmarket.config import load_config
+    from tfmarket.distribute import choose_strategy
+    from tfmarket.train import _compiled_model, _make_dataset_fn, load_training_data
+
+    config = load_config(args.config)
+    data_cfg = replace(config.data, root=str(args.data), height=spec["height"],
+                       width=spec["width"], ids_per_batch=args.batch // K, images_per_id=K)
+    config = replace(config, data=data_cfg, model=replace(
+        config.model, last_stride=args.last_stride, fused_batchnorm=spec["batchnorm"] == "fused"),
+        train=replace(config.train, jit_compile=spec["xla"] == "on"))
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy(spec["precision"])
+    strategy = choose_strategy()
+    data = load_training_data(data_cfg, Path(tempfile.mkdtemp(prefix="tfmarket-bench-")))
+    model = _compiled_model(config, strategy, len(data.identities), data.targets,
+                            steps_per_epoch=1000)
+    dataset_fn = _make_dataset_fn(data, data_cfg, first_step=0)
+    throughput = Throughput(args.batch)
+    x, y = next(iter(dataset_fn(tf.distribute.InputContext())))
+    if spec["input"] == "fit-pipeline":
+        inputs = strategy.distribute_datasets_from_function(dataset_fn)
+    else:
+        inputs = strategy.experimental_distribute_dataset(
+            tf.data.Dataset.from_tensors((x, y)).repeat())
+
+    def steps(n: int) -> tuple[float, float]:
+        start = time.perf_counter()
+        if spec["input"] == "step":
+            for _ in range(n):
+                logs = model.train_on_batch(x, y, return_dict=True)
+            return time.perf_counter() - start, float(logs["loss"])
+        # Timed as tfmarket.train's Throughput callback times an epoch (from its start to its
+        # end, the first batch's input included): fit's own start-up is not part of it.
+        history = model.fit(inputs, epochs=1, steps_per_epoch=n, verbose=0,
+                            callbacks=[throughput])
+        return throughput.seconds[-1], float(history.history["loss"][-1])
+
+    return steps, None, {"fwd_macs_per_image": count_macs(model),
+                         "training_images": len(data.records.paths),
+                         "training_identities": len(data.identities)}
+
+
 def top_ops(profile_dir: str, count: int = 12) -> list[dict]:
     """TensorFlow ops by self time in a profile: [{op, ms, share}] (share of all op time).
 
@@ -299,11 +375,15 @@ def row_specs(args, height: int, width: int) -> list[dict]:
                               "batchnorm": "-", "xla": "-"})
     if not args.no_tf:
         interops = [int(t) for t in args.interop.split(",") if t.strip()]
+        inputs = [i.strip() for i in args.fit_inputs.split(",")] if args.fit else ["step"]
+        if args.fit and "step" not in inputs:
+            inputs.insert(0, "step")  # the reference of the 'vs step' column
         specs += [{"framework": "tfmarket", "height": height, "width": width,
                    "precision": precision, "batchnorm": norm, "xla": xla,
-                   **({"interop": interop} if interop else {})}
+                   **({"interop": interop} if interop else {}),
+                   **({"input": feed} if args.fit else {})}
                   for precision in precisions for norm in norms for xla in xlas
-                  for interop in interops]
+                  for interop in interops for feed in inputs]
     return specs
 
 
@@ -315,7 +395,8 @@ class Worker:
     def __init__(self, spec: dict, args):
         self.spec = spec
         forwarded = ["--batch", str(args.batch), "--warmup", str(args.warmup),
-                     "--last-stride", str(args.last_stride), "--config", args.config]
+                     "--last-stride", str(args.last_stride), "--config", args.config,
+                     *(["--fit", "--data", str(args.data)] if args.fit else [])]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         if spec.get("interop"):
             env["TF_NUM_INTEROP_THREADS"] = str(spec["interop"])
@@ -352,7 +433,10 @@ class Worker:
 def child_main(args) -> int:
     """Worker side of :class:`Worker`: build, warm up, then answer run/profile/quit lines."""
     spec = json.loads(args.child)
-    make = torch_trainer if spec["framework"] == "pytorch" else tf_trainer
+    if spec["framework"] == "pytorch":
+        make = torch_trainer
+    else:
+        make = fit_trainer if spec.get("input") else tf_trainer
     start = time.perf_counter()
     steps, profile, facts = make(spec, args)
     steps(args.warmup)
@@ -409,6 +493,9 @@ def measure_size(height: int, width: int, args) -> tuple[list[dict], list[dict]]
     for row in rows:
         row["ratio_vs_torch_bf16"] = [r[_key(row)] / r[reference] for r in rounds
                                       if reference in r]
+        if row.get("input"):
+            step = _key({**row, "input": "step"})
+            row["ratio_vs_step"] = [r[_key(row)] / r[step] for r in rounds]
     return rows, profiles
 
 
@@ -417,12 +504,13 @@ def _label(spec: dict) -> str:
         return f"pytorch {spec['precision']}"
     return f"tfmarket {spec['precision']} BN {spec['batchnorm']}" + (
         " XLA" if spec["xla"] == "on" else "") + (
-        f" inter-op {spec['interop']}" if spec.get("interop") else "")
+        f" inter-op {spec['interop']}" if spec.get("interop") else "") + (
+        f" {spec['input']}" if spec.get("input") else "")
 
 
 def _key(row) -> tuple:
     return (row["framework"], row["precision"], row["batchnorm"], row["xla"],
-            row.get("interop", 0))
+            row.get("interop", 0), row.get("input", "step"))
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -435,26 +523,37 @@ def summarise(rows: list[dict]) -> list[dict]:
                     "median_ratio": statistics.median(ratios) if ratios else None,
                     "ratio_min": min(ratios, default=None),
                     "ratio_max": max(ratios, default=None)})
+        if row.get("ratio_vs_step"):
+            vs_step = row["ratio_vs_step"]
+            out[-1].update(vs_step_median=statistics.median(vs_step), vs_step_min=min(vs_step),
+                           vs_step_max=max(vs_step))
     return out
 
 
 def format_table(summary: list[dict], flops_per_image: dict[str, float]) -> str:
-    header = ["framework", "size", "precision", "BN", "xla", "inter-op", "images/s median",
-              "min-max",
-              "vs PyTorch bf16: median", "min-max", "GFLOP/s"]
+    fit = any(r.get("input") for r in summary)
+    header = ["framework", "size", "precision", "BN", "xla", "inter-op",
+              *(["input"] if fit else []), "images/s median", "min-max",
+              "vs PyTorch bf16: median", "min-max",
+              *(["vs step: median", "min-max"] if fit else []), "GFLOP/s"]
     lines = []
     for r in summary:
         flops = flops_per_image.get(r["size"])
         ratio = r["median_ratio"] is not None
+        vs_step = r.get("vs_step_median") is not None
         lines.append([
             r["framework"], r["size"], r["precision"], r["batchnorm"], r["xla"],
             str(r.get("interop") or ("-" if r["framework"] == "pytorch" else "default")),
+            *([r.get("input", "-")] if fit else []),
             f"{r['median']:.2f}", f"{r['min']:.1f}-{r['max']:.1f}",
             f"{r['median_ratio']:.2f}x" if ratio else "n/a",
             f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}" if ratio else "",
+            *([f"{r['vs_step_median']:.2f}x" if vs_step else "",
+               f"{r['vs_step_min']:.2f}-{r['vs_step_max']:.2f}" if vs_step else ""]
+              if fit else []),
             f"{r['median'] * flops / 1e9:.0f}" if flops else "n/a",
         ])
-    return render_table(header, lines, left=(0, 1, 2, 3, 4, 5))
+    return render_table(header, lines, left=tuple(range(7 if fit else 6)))
 
 
 def flops_report(sizes, macs_by_size: dict[str, int], last_stride: int) -> tuple[str, dict]:

@@ -204,9 +204,9 @@ def test_calibrate_then_rank_uses_the_rule(exported, course_synth, tmp_path, cap
     def run(*extra):
         out = tmp_path / f"rank{len(extra)}"
         assert rank_main(["--model", str(model_dir / "model.onnx"), "--data", str(course_synth),
-                          "--out", str(out), *extra]) == 0
+                          "--out", str(out), "--json", *extra]) == 0
         text = capsys.readouterr().out
-        return json.loads(text[text.index("\n{") + 1:]), np.load(out / "embeddings.npz")
+        return json.loads(text[text.index("{"):]), np.load(out / "embeddings.npz")
 
     summary, emb = run("--flip-test")
     assert summary["flip_test"] is True

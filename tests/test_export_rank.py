@@ -64,9 +64,10 @@ def test_rank_course_layout_writes_parseable_submission(exported, course_synth, 
     out, _, _ = exported
     result_dir = tmp_path / "rank"
     assert rank_main(["--model", str(out / "model.onnx"), "--data", str(course_synth),
-                      "--out", str(result_dir), "--topk", "7", "--visualize", "3"]) == 0
+                      "--out", str(result_dir), "--topk", "7", "--visualize", "3",
+                      "--json"]) == 0
     printed = capsys.readouterr().out
-    summary = json.loads(printed[printed.index("\n{") + 1:])
+    summary = json.loads(printed[printed.index("{"):])
     queries = sorted(p.name for p in (course_synth / "queries").iterdir())
     tests = sorted(p.name for p in (course_synth / "test").iterdir())
     ranking = read_reid(result_dir / "reid_test.txt")

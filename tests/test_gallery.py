@@ -123,12 +123,13 @@ def test_filtered_ivf_search_fills_topk_from_a_selective_filter(exported, course
         out = tmp_path / f"hits{len(extra)}.json"
         assert main(["search", "--model", model, "--store", str(store_path), "--index",
                      str(tmp_path / "g.faiss"), "--query", str(course_synth / "queries"),
-                     "--topk", "5", "--where", COLUMNS[column], "--out", str(out), *extra]) == 0
+                     "--topk", "5", "--where", COLUMNS[column], "--out", str(out), "--json",
+                     *extra]) == 0
         hits[len(extra)] = json.loads(out.read_text())
         assert all(len(v) == 5 and {r["file"] for r in v} <= allowed
                    for v in hits[len(extra)].values())
         printed = capsys.readouterr().out
-        summary = json.loads(printed.strip().splitlines()[-1])
+        summary = json.loads(printed[printed.index("{"):])
         # forced through faiss, nprobe 1 of 8 cells came up short for some queries
         if extra:
             assert summary["search"].startswith("faiss, exact over the filtered images")

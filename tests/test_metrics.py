@@ -15,6 +15,7 @@ from tfmarket.metrics import (
     evaluate_ranking,
     market1501_cmc_map,
     per_query_metrics,
+    per_query_metrics_from_order,
 )
 
 # ----------------------------------------------------------------------------------------
@@ -77,11 +78,43 @@ def test_hand_computed_summary():
     json.dumps(res, allow_nan=False)
 
 
-def test_small_gallery_warns_and_truncates_like_torchreid():
-    with pytest.warns(UserWarning, match="max_rank=6"):
+def test_small_gallery_says_so_once_and_truncates_like_torchreid(capsys):
+    import tfmarket.console
+
+    tfmarket.console._NOTICES_SHOWN.clear()
+    for _ in range(3):
         cmc, m_ap = market1501_cmc_map(DIST, Q_IDS, G_IDS, Q_CAMS, G_CAMS, max_rank=50)
     assert cmc.shape == (6,)
     assert m_ap == pytest.approx(2 / 3)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["tfmarket: the gallery has only 6 images, so the CMC curve stops at rank 6"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_binary_search_ranks_equal_a_full_stable_argsort(seed):
+    # Coarse distances (many ties, inside and across identities), junk, distractors,
+    # same-camera matches and queries without any match: the fast path of per_query_metrics
+    # must give exactly what ranking each whole row by a stable argsort gives.
+    rng = np.random.default_rng(seed)
+    n, m = 40, 300
+    dist = np.round(rng.uniform(0, 1, (n, m)), 1).astype(np.float32)
+    g_ids = rng.integers(-1, 12, m)
+    g_cams = rng.integers(1, 4, m)
+    q_ids = rng.integers(1, 14, n)  # 12, 13: no gallery image at all
+    q_cams = rng.integers(1, 4, n)
+    fast = per_query_metrics(dist, q_ids, g_ids, q_cams, g_cams, max_rank=20)
+    order = np.argsort(dist, axis=1, kind="stable")
+    reference = per_query_metrics_from_order(order, q_ids, g_ids, q_cams, g_cams, max_rank=20)
+    assert not fast["valid"].all() and fast["valid"].any()
+    for key, value in reference.items():
+        np.testing.assert_array_equal(fast[key], value, err_msg=key)
+
+
+def test_non_finite_distances_rank_last_like_a_stable_argsort():
+    dist = np.array([[np.nan, 0.5, np.inf, 0.1]])
+    res = per_query_metrics(dist, [1], [1, 1, 2, 3], [1], [2, 2, 2, 2], max_rank=4)
+    # ranked: 0.1 (id 3), 0.5 (match), inf (id 2), nan (match) -> matches at ranks 2 and 4
+    assert res["ap"][0] == pytest.approx((1 / 2 + 2 / 4) / 2)
 
 
 def test_chunking_does_not_change_results():

@@ -49,7 +49,7 @@ def test_tensorboard_has_losses_lr_and_validation(tmp_path, course_synth):
     for tag in ("train/epoch_features_loss", "train/epoch_id_loss", "train/epoch_hat_loss",
                 "train/epoch_learning_rate", "train/epoch_hat_acc", "validation/epoch_mAP",
                 "validation/epoch_rank1", "validation/epoch_attr_mA",
-                "validation/attribute_mA/hat"):
+                "validation/holdout/mAP", "validation/holdout/attribute_mA/hat"):
         assert tag in tags, f"{tag} missing from {sorted(tags)}"
 
 

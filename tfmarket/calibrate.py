@@ -22,7 +22,9 @@ up; pass ``--flip-test`` to rank too when the rule was chosen with it.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from tfmarket.errors import TfmarketError
@@ -54,17 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
                              "validation identities, e.g. the test folder) added to the gallery, "
                              "to see the model at a test-sized gallery")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = all)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the report as JSON (the rule and its report are written to "
+                        "attribute_rule.json)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's log lines and every warning")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from tfmarket.console import import_tensorflow_quietly
+
+    import_tensorflow_quietly(args.verbose)
     try:
         report = calibrate(args)
     except TfmarketError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(format_report(report))
+    print(json.dumps(report, indent=2, default=float) if args.json else format_report(report))
     return 0
 
 
@@ -93,7 +103,16 @@ def calibrate(args) -> dict:
         raise TfmarketError(f"{workdir}: not a tfmarket run directory (no config.yaml)")
     model = Path(args.model) if args.model else Path("exports") / workdir.name / "model.onnx"
     config = from_dict(yaml.safe_load((workdir / "config.yaml").read_text()))
-    data = load_training_data(config.data, workdir)
+    if config.data.validation in ("official", "none"):
+        # Choosing the rule on the official query/gallery would tune it on the test set.
+        raise TfmarketError(
+            f"{workdir}: calibrate chooses on identities held out of training, but this run "
+            f"has data.validation: {config.data.validation} (it trained on every identity); "
+            "train with data.validation=holdout to calibrate")
+    # A run directory written before data.validation existed says nothing: those runs held out.
+    data_cfg = config.data if config.data.validation != "auto" else replace(
+        config.data, validation="holdout")
+    data = load_training_data(data_cfg, workdir)
     pool = [data.val_query, data.val_gallery]
     known = np.concatenate([r.has_attributes for r in pool])
     if known.sum() == 0:

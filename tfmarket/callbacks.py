@@ -40,6 +40,58 @@ class Throughput(keras.callbacks.Callback):
             logs["images_per_second"] = self.rates[-1]
 
 
+class EpochProgress(keras.callbacks.Callback):
+    """One progress line per epoch: steps, loss, ID accuracy, images/s and ETA. It replaces
+    Keras's epoch line of ~40 metrics; every metric still goes to TensorBoard and history.csv.
+
+    On a terminal the line is redrawn in place; in a log file one line per epoch is written.
+    """
+
+    def __init__(self, batch_size: int, stream=None):
+        super().__init__()
+        self.batch_size = batch_size
+        self.stream = stream
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from tfmarket.console import Progress
+
+        self.progress = Progress(self.params["steps"],
+                                 f"epoch {epoch + 1}/{self.params.get('epochs', 0)}",
+                                 unit="steps", rate_unit="images/s",
+                                 rate_scale=self.batch_size, stream=self.stream)
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        extra = "".join(f", {name} {float(logs[key]):.3f}"
+                        for key, name in (("loss", "loss"), ("id_acc", "ID accuracy"))
+                        if logs.get(key) is not None)
+        self.progress.update(batch + 1, extra)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.progress.close()
+
+
+class ValidationCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` on a validation score that exists only on validation epochs.
+
+    Keras warns "Can save best model only with val_mAP available" on every other epoch; here
+    those epochs are skipped without a word (Keras would skip them too).
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.monitor in logs:
+            super().on_epoch_end(epoch, logs)
+
+
+class ValidationEarlyStopping(keras.callbacks.EarlyStopping):
+    """``EarlyStopping`` that skips epochs without the monitored score, as Keras does, without
+    Keras's warning on each of them. Patience counts validations."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.monitor in logs:
+            super().on_epoch_end(epoch, logs)
+
+
 class SharedBackupAndRestore(keras.callbacks.BackupAndRestore):
     """``BackupAndRestore`` in the shared run directory: every worker restores, the chief writes.
 

@@ -28,7 +28,12 @@ class DataConfig:
     width: int = 64
     ids_per_batch: int = 8  # P of the P x K batches
     images_per_id: int = 4  # K
-    val_ids: int = 0  # identities held out for validation (0 = 10% of training identities)
+    # What validation scores: holdout (identities held out of training, data.val_ids), official
+    # (the dataset's own labelled query/gallery; every training identity trains), none, or auto
+    # (official where the layout has a labelled query/gallery, else holdout). Training writes
+    # the resolved choice into the run's config.yaml.
+    validation: str = "auto"
+    val_ids: int = 0  # holdout: identities held out (0 = 10% of training identities)
     flip: bool = True
     pad: int = 10  # pad-and-random-crop margin, pixels
     erase_prob: float = 0.5  # random erasing probability
@@ -105,6 +110,7 @@ class Config:
 # Allowed values of the string options, checked when a config is loaded.
 CHOICES = {
     "data.layout": ("auto", "market1501", "course"),
+    "data.validation": ("auto", "holdout", "official", "none"),
     "model.backbone": ("resnet50", "tiny"),
     "model.pooling": ("avg", "gem"),
     "train.optimizer": ("adam", "adamw", "sgd"),

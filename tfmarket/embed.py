@@ -100,13 +100,15 @@ class OnnxEmbedder:
             done += len(batch)
             if bar:
                 bar.update(done)
+        if bar:
+            bar.close()
         return {name: np.concatenate(v) for name, v in parts.items()}
 
 
 def _progress(total: int, label: str | None):
+    """Count, images/s and ETA on stderr while embedding (None: silent)."""
     if not label:
         return None
-    import keras
+    from tfmarket.console import Progress
 
-    print(label)
-    return keras.utils.Progbar(total, unit_name="image")
+    return Progress(total, label)

@@ -70,13 +70,18 @@ class ValidationCallback(keras.callbacks.Callback):
 
     Keys (``val_mAP``, ``val_rank1``, ``val_rank5``, ``val_mINP``, ``val_attr_mA``,
     ``val_attr_accuracy``) are picked up by the TensorBoard callback, ModelCheckpoint and
-    EarlyStopping placed after this callback. Per-attribute accuracy and mA (54 scalars, too many
-    for the progress line) go straight to TensorBoard under ``log_dir/validation``.
+    EarlyStopping placed after this callback. ``name`` says which set is scored (``holdout``:
+    identities held out of training; ``official``: the dataset's own query/gallery): the same
+    scalars go to TensorBoard under ``log_dir/validation`` tagged ``<name>/mAP`` etc., beside
+    per-attribute accuracy and mA (``<name>/attribute_mA/<column>``; 54 scalars, too many for
+    the progress line).
     """
 
     def __init__(self, query: Records, gallery: Records, height: int, width: int,
-                 every: int = 1, batch_size: int = 128, log_dir: str | None = None):
+                 every: int = 1, batch_size: int = 128, log_dir: str | None = None,
+                 name: str = "holdout"):
         super().__init__()
+        self.name = name
         self.log_dir = log_dir
         self._writer = None
         self.query, self.gallery = query, gallery
@@ -109,17 +114,24 @@ class ValidationCallback(keras.callbacks.Callback):
         if attrs:
             logs["val_attr_mA"] = attrs["mA"]
             logs["val_attr_accuracy"] = attrs["mean_accuracy"]
-            self._write_per_attribute(epoch + 1, attrs["per_attribute"])
-        self.last = {"epoch": epoch + 1, "seconds": time.time() - start, **result}
+        self._write_tensorboard(epoch + 1, result)
+        self.last = {"epoch": epoch + 1, "seconds": time.time() - start, "set": self.name,
+                     "query_images": len(self.query), "gallery_images": len(self.gallery),
+                     **result}
         self.history.append(self.last)
+        from tfmarket.console import is_verbose
+
         print(
-            f"\nvalidation epoch {epoch + 1}: mAP {result['mAP']:.4f}  rank-1 {result['rank1']:.4f}"
+            ("\n" if is_verbose() else "")  # Keras's epoch bar is still open when verbose
+            + f"validation ({self.name}, {len(self.query)} queries x {len(self.gallery)} gallery)"
+            f" epoch {epoch + 1}: mAP {result['mAP']:.4f}  rank-1 {result['rank1']:.4f}"
             f"  rank-5 {result['rank5']:.4f}"
             + (f"  attribute mA {attrs['mA']:.4f}  acc {attrs['mean_accuracy']:.4f}"
                if attrs else "")
         )
 
-    def _write_per_attribute(self, step: int, per_attribute: dict) -> None:
+    def _write_tensorboard(self, step: int, result: dict) -> None:
+        """Re-ID and attribute scalars tagged with the set they score, e.g. ``official/mAP``."""
         if not self.log_dir:
             return
         import tensorflow as tf
@@ -127,8 +139,14 @@ class ValidationCallback(keras.callbacks.Callback):
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(f"{self.log_dir}/validation")
         with self._writer.as_default(step=step):
-            for name, per in per_attribute.items():
-                for key in ("mA", "accuracy", "F1"):
-                    if per.get(key) is not None:
-                        tf.summary.scalar(f"attribute_{key}/{name}", per[key])
+            for key in ("mAP", "rank1", "rank5", "mINP"):
+                tf.summary.scalar(f"{self.name}/{key}", result[key])
+            attrs = result.get("attributes")
+            if attrs:
+                tf.summary.scalar(f"{self.name}/attribute_mA", attrs["mA"])
+                tf.summary.scalar(f"{self.name}/attribute_accuracy", attrs["mean_accuracy"])
+                for column, per in attrs["per_attribute"].items():
+                    for key in ("mA", "accuracy", "F1"):
+                        if per.get(key) is not None:
+                            tf.summary.scalar(f"{self.name}/attribute_{key}/{column}", per[key])
         self._writer.flush()

@@ -37,11 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="best validation mAP (best.keras, if kept) or the final model")
     parser.add_argument("--parity-images", type=int, default=32)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--json", action="store_true",
+                        help="print the result as JSON (the model card is in model_card.json)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's log lines and every warning")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from tfmarket.console import import_tensorflow_quietly, print_result
+
+    import_tensorflow_quietly(args.verbose)
     try:
         card = export_run(Path(args.workdir), Path(args.out) if args.out else None,
                           onnx=args.onnx, int8=args.int8, checkpoint=args.checkpoint,
@@ -49,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except TfmarketError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"out": card["out"], "files": card["files"], "parity": card["parity"]},
-                     indent=2))
+    print(f"exported {card['source_model']}: {card['source_model_note']}")
+    print_result({"out": card["out"], "files": card["files"], "parity": card["parity"]},
+                 f"wrote {card['out']}", args.json)
     return 0
 
 
@@ -99,7 +107,10 @@ def export_model(model, out: Path, images, *, onnx: bool = True, int8: bool = Fa
     parity = {"images": int(len(images)), "tolerance": tolerance,
               "saved_model_vs_keras": _max_abs_diff(reference, served)}
     if onnx:
-        inference.export(str(out / "model.onnx"), format="onnx", verbose=False)
+        from tfmarket.console import HARMLESS_EXPORT_WARNINGS, harmless_warnings_ignored
+
+        with harmless_warnings_ignored(HARMLESS_EXPORT_WARNINGS):
+            inference.export(str(out / "model.onnx"), format="onnx", verbose=False)
         files.append("model.onnx")
         parity["onnx_vs_keras"] = _max_abs_diff(reference, run_onnx(out / "model.onnx", images))
     worst = max(v for key in ("saved_model_vs_keras", "onnx_vs_keras") if key in parity
@@ -180,12 +191,8 @@ def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, in
     workdir = Path(workdir)
     if not (workdir / "config.yaml").is_file():
         raise TfmarketError(f"{workdir}: not a tfmarket run directory (no config.yaml)")
-    model_path = workdir / ("best.keras" if checkpoint == "best" else "model.keras")
-    if not model_path.is_file():
-        model_path = workdir / "model.keras"
-    if not model_path.is_file():
-        raise TfmarketError(f"{workdir}: no trained model (model.keras); has training finished?")
     config = from_dict(yaml.safe_load((workdir / "config.yaml").read_text()))
+    model_path, model_note = _source_model(workdir, checkpoint, config.data.validation)
     out = Path(out) if out else Path("exports") / workdir.name
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -211,6 +218,7 @@ def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, in
             "tfmarket_version": __version__,
             "source_run": str(workdir.resolve()),
             "source_model": model_path.name,
+            "source_model_note": model_note,
             "input": {"name": "image", "dtype": "uint8", "shape": [None, config.data.height,
                       config.data.width, 3], "layout": "NHWC, RGB",
                       "preprocessing": "decode to RGB, resize bilinear to H x W "
@@ -243,6 +251,21 @@ def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, in
         raise
     card["out"] = str(out)
     return card
+
+
+def _source_model(workdir: Path, checkpoint: str, validation: str) -> tuple[Path, str]:
+    """(the .keras file to export, one line saying which model it is and why)."""
+    final = workdir / "model.keras"
+    best = workdir / "best.keras"
+    if checkpoint == "best" and best.is_file():
+        return best, f"best validation mAP ({validation} validation set)"
+    if not final.is_file():
+        raise TfmarketError(f"{workdir}: no trained model (model.keras); has training finished?")
+    if checkpoint == "final":
+        return final, "final model (--checkpoint final)"
+    if validation == "none":
+        return final, "final model: the run had no validation (data.validation: none)"
+    return final, "final model: the run kept no best.keras (no validation was scored)"
 
 
 if __name__ == "__main__":

@@ -217,19 +217,23 @@ def _cmd_search(args) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tfmarket.gallery", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    common.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's log lines and every warning")
     sub = parser.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("embed", help="embed one shard of a folder into a store")
+    e = sub.add_parser("embed", parents=[common], help="embed one shard of a folder into a store")
     e.add_argument("--model", required=True)
     e.add_argument("--images", required=True)
     e.add_argument("--shard", default="0/1", help="I/N: this process's block (default 0/1)")
     e.add_argument("--out", required=True)
     e.add_argument("--batch-size", type=int, default=64)
     e.set_defaults(func=_cmd_embed)
-    m = sub.add_parser("merge", help="merge shard stores into one")
+    m = sub.add_parser("merge", parents=[common], help="merge shard stores into one")
     m.add_argument("stores", nargs="+")
     m.add_argument("--out", required=True)
     m.set_defaults(func=_cmd_merge)
-    i = sub.add_parser("index", help="build a faiss index over a store")
+    i = sub.add_parser("index", parents=[common], help="build a faiss index over a store")
     i.add_argument("store")
     i.add_argument("--kind", default="flat", choices=FAISS_KINDS,
                    help="ivfpq-refine: IVF-PQ candidates re-ranked by 8-bit (or fp16) codes, "
@@ -243,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ivfpq-refine: re-ranking codes, sq8 (D bytes a vector) or fp16 (2D)")
     i.add_argument("--out", required=True)
     i.set_defaults(func=_cmd_index)
-    s = sub.add_parser("search", help="rank a store for query images, optionally filtered")
+    s = sub.add_parser("search", parents=[common],
+                       help="rank a store for query images, optionally filtered")
     s.add_argument("--model", required=True)
     s.add_argument("--store", required=True)
     s.add_argument("--index", help="faiss index of the store (default: exact search)")
@@ -261,12 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from tfmarket.console import import_tensorflow_quietly, print_result, quiet_tensorflow
+
+    quiet_tensorflow(args.verbose)
+    if args.command in ("embed", "search"):  # the commands that decode images with TensorFlow
+        import_tensorflow_quietly(args.verbose)
     try:
         result = args.func(args)
     except TfmarketError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result))
+    print_result(result, f"gallery {args.command}: done", args.json)
     return 0
 
 

@@ -34,6 +34,7 @@ from tfmarket.npzfile import save_npz
 from tfmarket.search import FAISS_KINDS
 
 SEARCHES = ("exact", *(f"faiss-{kind}" for kind in FAISS_KINDS))
+TIMING_KEYS = ("embed_seconds", "images_per_second", "rank_seconds")  # printed, not in files
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,17 +62,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = all)")
     parser.add_argument("--visualize", type=int, default=0, metavar="N",
                         help="write an HTML report of N queries (and a CMC plot)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary as JSON (it is always written to summary.json)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's log lines and every warning")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from tfmarket.console import import_tensorflow_quietly, print_result
+
+    import_tensorflow_quietly(args.verbose)
     try:
         summary = rank(args)
     except TfmarketError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
+    print_result(summary, f"ranked {summary['gallery']:,} gallery images for each of "
+                 f"{summary['queries']:,} queries into {args.out}", args.json)
     return 0
 
 
@@ -222,6 +231,10 @@ def rank(args) -> dict:
     if args.visualize:
         summary["visualization"] = visualize(out, query, gallery, indices, q_columns, metrics,
                                              args.visualize)
+    summary["files"].append("summary.json")
+    # Without the timings, so the same model and data give byte-identical files.
+    (out / "summary.json").write_text(json.dumps(
+        {k: v for k, v in summary.items() if k not in TIMING_KEYS}, indent=2, default=float))
     return summary
 
 

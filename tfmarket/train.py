@@ -52,16 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="discard the run directory's previous training state")
     parser.add_argument("--cpu-replicas", type=int, default=0,
                         help="split the CPU into N logical devices (tests of multi-replica code)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's log lines, every warning and Keras's full epoch "
+                        "line (default: one progress line per epoch and one validation line)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from tfmarket.console import import_tensorflow_quietly, quiet_tensorflow
+
+    quiet_tensorflow(args.verbose)  # before TensorFlow is imported
     try:
         from tfmarket.config import load_config
         from tfmarket.versions import check_runtime
 
         check_runtime()  # before TensorFlow is imported: one plain line, not a traceback
+        import_tensorflow_quietly(args.verbose)
 
         config = load_config(args.config, args.overrides)
         result = run(config, Path(args.workdir), restart=args.restart,
@@ -110,6 +117,8 @@ class TrainingData:
     targets: dict[str, np.ndarray]  # attribute head -> int32 [N], -1 where not annotated
     val_query: Records
     val_gallery: Records
+    validation: str = "holdout"  # what val_query/val_gallery are: holdout | official | none
+    validation_reason: str = ""  # why (what data.validation: auto chose), one line
 
 
 @dataclass(frozen=True)
@@ -148,17 +157,25 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
     # Only the chief writes the run directory; other workers of a multi-worker job write their
     # (identical) checkpoints and logs to a temporary folder that is removed at the end.
     out_dir = workdir if chief else Path(tempfile.mkdtemp(prefix="tfmarket-worker-"))
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = RunPaths(run_dir=workdir, out_dir=out_dir, chief=chief)
     precision, reason = resolve_precision(config.train.precision)
     print(f"precision: {precision} ({reason})", flush=True)
+    try:
+        data = load_training_data(config.data, out_dir)
+    except TfmarketError:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a bad dataset or choice leaves no empty run directory behind
+        raise
+    print(f"validation: {data.validation} ({data.validation_reason}); training on "
+          f"{len(data.identities)} identities, {len(data.records)} images", flush=True)
     config = replace(config, train=replace(
-        config.train, precision=precision, precision_reason=reason))
+        config.train, precision=precision, precision_reason=reason),
+        data=replace(config.data, validation=data.validation))
     if chief:
         save_config(config, workdir / "config.yaml")
     keras.utils.set_random_seed(config.train.seed)
-
-    data = load_training_data(config.data, out_dir)
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
@@ -183,10 +200,11 @@ def _remove_training_state(workdir: Path) -> None:
 
 def load_training_data(data_cfg, workdir: Path) -> TrainingData:
     """Reads the dataset (generating a synthetic one in ``workdir/synthetic`` when
-    ``data_cfg.root`` is empty), carves the validation split and labels the identities."""
+    ``data_cfg.root`` is empty), chooses the validation set (``data_cfg.validation``, see
+    :func:`tfmarket.data.split.validation_split`) and labels the training identities."""
     from tfmarket.data.check import require_readable
     from tfmarket.data.market1501 import load_dataset
-    from tfmarket.data.split import default_val_ids, relabel, split_validation
+    from tfmarket.data.split import relabel, resolve_validation, validation_split
 
     root = data_cfg.root
     if not root:
@@ -199,13 +217,16 @@ def load_training_data(data_cfg, workdir: Path) -> TrainingData:
                             images_per_id=data_cfg.synth_images_per_id, seed=data_cfg.seed)
     dataset = load_dataset(root, data_cfg.layout)
     require_readable(dataset.train.paths)
-    num_ids = len(set(dataset.train.pids.tolist()))
-    val_ids = data_cfg.val_ids if data_cfg.val_ids > 0 else default_val_ids(num_ids)
-    train, val_query, val_gallery = split_validation(dataset.train, val_ids, data_cfg.seed)
+    validation, reason = resolve_validation(data_cfg.validation, dataset)
+    train, val_query, val_gallery = validation_split(dataset, validation, data_cfg.val_ids,
+                                                     data_cfg.seed)
+    if validation == "official":
+        require_readable(val_query.paths + val_gallery.paths)
     labels, identities = relabel(train.pids)
     return TrainingData(records=train, labels=labels, identities=identities,
                         targets=attribute_targets(train), val_query=val_query,
-                        val_gallery=val_gallery)
+                        val_gallery=val_gallery, validation=validation,
+                        validation_reason=reason)
 
 
 def _train(config, paths: RunPaths, strategy, data: TrainingData, precision: str) -> dict:
@@ -248,6 +269,9 @@ def _train(config, paths: RunPaths, strategy, data: TrainingData, precision: str
     throughput = Throughput(setup.global_batch)
     validation = _validation_callback(data, data_cfg.height, data_cfg.width,
                                       train_cfg.eval_every, paths.out_dir / "tensorboard")
+    if validation is None:
+        print("no validation: no best.keras is kept; export uses the final model.keras",
+              flush=True)
     callbacks = _callbacks(paths, throughput, validation, best_so_far,
                            train_cfg.early_stopping_patience)
     fit = _fit(model, inputs, callbacks, train_cfg.epochs, setup.steps_per_epoch,
@@ -337,7 +361,7 @@ def _validation_callback(data: TrainingData, height: int, width: int, every: int
     if len(data.val_query) == 0 or every <= 0:
         return None
     return ValidationCallback(data.val_query, data.val_gallery, height, width, every=every,
-                              log_dir=str(log_dir))
+                              log_dir=str(log_dir), name=data.validation)
 
 
 def _callbacks(paths: RunPaths, throughput: Throughput, validation: ValidationCallback | None,
@@ -353,10 +377,19 @@ def _callbacks(paths: RunPaths, throughput: Throughput, validation: ValidationCa
     """
     import keras
 
-    from tfmarket.callbacks import LearningRateLogger, SharedBackupAndRestore
+    from tfmarket.callbacks import (
+        EpochProgress,
+        LearningRateLogger,
+        SharedBackupAndRestore,
+        ValidationCheckpoint,
+        ValidationEarlyStopping,
+    )
+    from tfmarket.console import is_verbose
 
     out_dir = paths.out_dir
     callbacks = [SharedBackupAndRestore(str(paths.backup_dir), writer=paths.chief), throughput]
+    if not is_verbose():  # Keras's own epoch line (~40 metrics) when verbose, see _fit
+        callbacks.append(EpochProgress(throughput.batch_size))
     if validation is not None:
         callbacks.append(validation)
     callbacks += [
@@ -366,12 +399,12 @@ def _callbacks(paths: RunPaths, throughput: Throughput, validation: ValidationCa
         keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), update_freq="epoch"),
     ]
     if validation is not None:
-        callbacks.append(keras.callbacks.ModelCheckpoint(
+        callbacks.append(ValidationCheckpoint(
             str(out_dir / "best.keras"), monitor="val_mAP", mode="max", save_best_only=True,
             initial_value_threshold=best_so_far))
     if early_stopping_patience > 0:
         has_val = validation is not None
-        callbacks.append(keras.callbacks.EarlyStopping(
+        callbacks.append(ValidationEarlyStopping(
             monitor="val_mAP" if has_val else "loss", mode="max" if has_val else "min",
             patience=early_stopping_patience, restore_best_weights=False))
     return callbacks
@@ -388,12 +421,15 @@ def _fit(model, inputs, callbacks: list, epochs: int, steps_per_epoch: int, *,
     import numpy as np
     import tensorflow as tf
 
+    from tfmarket.console import HARMLESS_FIT_WARNINGS, harmless_warnings_ignored, is_verbose
     from tfmarket.multiworker import lost_worker_message
 
+    verbose = (2 if not sys.stdout.isatty() else 1) if is_verbose() else 0
     start = time.time()
     try:
-        history = model.fit(inputs, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                            callbacks=callbacks, verbose=2 if not sys.stdout.isatty() else 1)
+        with harmless_warnings_ignored(HARMLESS_FIT_WARNINGS):
+            history = model.fit(inputs, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                callbacks=callbacks, verbose=verbose)
     except (tf.errors.UnavailableError, tf.errors.AbortedError) as exc:
         if lost_worker_backup is None:
             raise
@@ -413,6 +449,7 @@ def _run_metrics(model, fit: FitResult, data: TrainingData, setup: TrainingSetup
         "train_images": len(data.records),
         "train_identities": int(len(data.identities)),
         "identities": data.identities.tolist(),
+        "validation_set": data.validation,
         "val_query_images": len(data.val_query),
         "val_gallery_images": len(data.val_gallery),
         "replicas": setup.replicas,

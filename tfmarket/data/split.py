@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmarket.data.market1501 import Records
-from tfmarket.errors import DataError
+from tfmarket.data.market1501 import Records, ReidDataset
+from tfmarket.errors import ConfigError, DataError
+
+# What ``data.validation`` may resolve to (see :func:`resolve_validation`).
+VALIDATION_SETS = ("holdout", "official", "none")
 
 
 def relabel(pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,3 +67,54 @@ def split_validation(
 def default_val_ids(num_ids: int) -> int:
     """10% of the training identities, at least 2 when there are enough."""
     return max(2, num_ids // 10) if num_ids >= 10 else 0
+
+
+def has_official_evaluation(dataset: ReidDataset) -> bool:
+    """The layout has a labelled query/gallery pair (original Market-1501 does; the course
+    layout's ``queries/`` and ``test/`` are unlabelled)."""
+    return (dataset.query.labelled and dataset.gallery.labelled
+            and len(dataset.query) > 0 and len(dataset.gallery) > 0)
+
+
+def resolve_validation(choice: str, dataset: ReidDataset) -> tuple[str, str]:
+    """``data.validation`` -> (one of :data:`VALIDATION_SETS`, the reason, one line).
+
+    ``auto`` is ``official`` where the dataset has a labelled query/gallery (a researcher
+    reproduces published numbers on it, training on every identity), else ``holdout``.
+    """
+    official = has_official_evaluation(dataset)
+    if choice == "auto":
+        if official:
+            return "official", (f"auto: {dataset.layout} layout has a labelled query/gallery "
+                                f"({len(dataset.query)} / {len(dataset.gallery)} images)")
+        return "holdout", (f"auto: the {dataset.layout} layout's query/gallery is unlabelled, "
+                           "so identities are held out of training")
+    if choice == "official" and not official:
+        raise ConfigError(
+            f"data.validation: official needs a labelled query/gallery, but {dataset.root} is "
+            f"the {dataset.layout} layout, whose query/gallery images carry no identities; use "
+            "data.validation=holdout (identities held out of training) or none")
+    if choice not in VALIDATION_SETS:
+        raise ConfigError(f"data.validation: {choice!r} is not one of auto, "
+                          + ", ".join(VALIDATION_SETS))
+    return choice, "set in the config"
+
+
+def validation_split(dataset: ReidDataset, validation: str, num_val_ids: int,
+                     seed: int = 0) -> tuple[Records, Records, Records]:
+    """(training records, validation query, validation gallery) for a resolved ``validation``.
+
+    ``holdout`` carves ``num_val_ids`` identities (0 = :func:`default_val_ids`) out of the
+    training set (:func:`split_validation`); ``official`` trains on every training identity and
+    scores the dataset's query against its gallery (distractors and same-camera matches are
+    handled by the Market-1501 protocol in ``tfmarket.metrics``); ``none`` trains on everything
+    and validates on nothing (empty query and gallery).
+    """
+    train = dataset.train
+    if validation == "official":
+        return train, dataset.query, dataset.gallery
+    if validation == "none":
+        empty = train.subset(np.zeros(len(train), bool))
+        return train, empty, empty
+    num_ids = len(np.unique(train.pids))
+    return split_validation(train, num_val_ids or default_val_ids(num_ids), seed)
