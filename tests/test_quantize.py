@@ -1,0 +1,41 @@
+"""Static int8 (QDQ, per-channel, calibrated on real crops) of an exported model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfmarket.errors import TfmarketError
+
+
+def test_static_int8_is_qdq_and_close_to_float(exported, course_synth, tmp_path):
+    import onnx
+
+    from tfmarket.export import quantization_report, run_onnx
+    from tfmarket.preprocess import load_images_numpy
+    from tfmarket.quantize import quantize_static_int8
+
+    out, card, config = exported
+    height, width = config.data.height, config.data.width
+    crops = sorted((course_synth / "train").iterdir())
+    calibration = load_images_numpy(crops[:48], height, width)
+    target = quantize_static_int8(out / "model.onnx", tmp_path / "model.int8-static.onnx",
+                                  calibration, batch=16)
+    ops = {node.op_type for node in onnx.load(str(target)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    # Scored on other crops than the calibration ones, with the same inputs/outputs.
+    images = load_images_numpy(crops[48:80], height, width)
+    reference, quantized = run_onnx(out / "model.onnx", images), run_onnx(target, images)
+    assert set(quantized) == set(reference)
+    assert all(quantized[k].shape == reference[k].shape for k in reference)
+    report = quantization_report(reference, quantized)
+    assert report["embedding_cosine_min"] > 0.9, report
+
+
+def test_static_int8_refuses_bad_calibration_images(exported, tmp_path):
+    from tfmarket.quantize import quantize_static_int8
+
+    out, _, _ = exported
+    with pytest.raises(TfmarketError, match="uint8"):
+        quantize_static_int8(out / "model.onnx", tmp_path / "x.onnx",
+                             np.zeros((4, 64, 32, 3), np.float32))
