@@ -12,10 +12,11 @@ every attribute head's probabilities out as NumPy arrays, at 128x64 and 256x128 
 batch 1 and 64 (``--batches``). Rows:
 
 * ``ort-fp32``: onnxruntime (CPU provider) on ``model.onnx``: the reference of the ratio column.
-* ``ort-int8-dynamic``: ``onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)`` of it,
-  as ``python -m tfmarket.export --int8`` writes ``model.int8.onnx``.
+* ``ort-int8-dynamic``: ``onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)`` of it
+  (``tfmarket.quantize.quantize_dynamic_int8``; what ``export --int8`` wrote until 2026-12-03).
 * ``ort-int8-static``: QDQ, per-channel, calibrated on ``--calibration-images`` (200) real
-  training crops, by ``tfmarket.quantize.quantize_static_int8`` (``model.int8-static.onnx``).
+  training crops, by ``tfmarket.quantize.quantize_static_int8``, as ``export --int8`` now
+  writes ``model.int8.onnx``.
   Where that function cannot be imported the row is left out and the reason printed.
 * ``keras``: :func:`tfmarket.model.build_inference_model` (the graph export writes), called
   with ``predict_on_batch`` (Keras's compiled predict function; ``__call__`` runs eagerly).
@@ -32,8 +33,8 @@ random weights, last stride 1, avg pooling, 751 identities) at every size and ex
 :func:`tfmarket.export.export_model` (SavedModel + ONNX, export's parity check) into a scratch
 folder (``--models-dir``, default a temporary one): speed does not depend on the weights.
 ``--export DIR`` (a folder written by ``python -m tfmarket.export --onnx``) serves its own size
-from its files: ``model.onnx``, ``saved_model/``, and ``model.int8.onnx`` /
-``model.int8-static.onnx`` where present (else quantised here, into the scratch folder). Its
+from its files: ``model.onnx`` and ``saved_model/``; both int8 variants are quantised here from
+``model.onnx`` into the scratch folder. Its
 ``keras`` row is the architecture of the model card's ``training_config`` with random weights
 (export keeps no ``.keras`` file). ``--export`` alone measures its size only; with
 ``--random-init`` too, the other ``--sizes`` get random-init models.
@@ -441,11 +442,8 @@ def prepare_size(height: int, width: int, source: str, args, paths: list[str],
         prepared["models"]["savedmodel"] = str(folder / "saved_model")
     prepared["models"]["ort-fp32"] = str(fp32)
     for row in INT8_ROWS:
-        existing = fp32.parent / ONNX_FILES[row]
-        if source == "export" and existing.is_file():
-            prepared["models"][row] = str(existing)
-            notes.append(f"{size}: {row} uses {existing} as found")
-            continue
+        # Both variants are always made here from model.onnx (an export's model.int8.onnx is
+        # one of them, static since 2026-12-03), so each row is what its name says.
         out = folder / ONNX_FILES[row]
         start = time.perf_counter()
         try:
