@@ -80,3 +80,24 @@ def test_readable_shortens_lists_and_flattens_one_level():
                      "files": ["a", "b"], "rows": list(range(50))})
     assert text.splitlines() == ["  queries: 3", "  metrics: mAP 0.1235", "  files: a, b",
                                  "  rows: [50 items]"]
+
+
+def test_only_tensorflow_info_and_warning_notes_are_dropped_at_import():
+    from tfmarket.console import _TF_NOISE
+
+    dropped = [
+        "I0000 00:00:1796283245.540767   15726 port.cc:153] oneDNN custom operations are on.",
+        "W0000 00:00:1796280211.588084    1927 dataset.cc:997] Input of GeneratorDatasetOp",
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "2026-12-03 06:43:22.123456: I tensorflow/core/platform/cpu_feature_guard.cc:210] ...",
+        "To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild "
+        "TensorFlow with the appropriate compiler flags.",
+    ]
+    kept = [
+        "E0000 00:00:1796283245.540767   15726 cuda_dnn.cc:8579] Unable to register cuDNN",
+        "F0000 00:00:1796283245.540767   15726 check.cc:1] Check failed",
+        "ImportError: libcudart.so.12: cannot open shared object file",
+        "Traceback (most recent call last):",
+    ]
+    assert all(_TF_NOISE.search(line) for line in dropped)
+    assert not any(_TF_NOISE.search(line) for line in kept)

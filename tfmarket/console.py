@@ -73,13 +73,16 @@ def import_tensorflow_quietly(verbose: bool = False):
         try:
             import tensorflow
         finally:
+            # Also when the import fails: whatever TensorFlow said about it is written back.
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
             text = captured.read().decode("utf-8", errors="replace")
-    kept = [line for line in text.splitlines() if line.strip() and not _TF_NOISE.search(line)]
-    if kept:
-        sys.stderr.write("\n".join(kept) + "\n")
+            kept = [line for line in text.splitlines()
+                    if line.strip() and not _TF_NOISE.search(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+                sys.stderr.flush()
     return tensorflow
 
 
