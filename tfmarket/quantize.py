@@ -59,8 +59,8 @@ def quantize_static_int8(onnx_path: str | Path, out_path: str | Path,
         batch: images per calibration run.
 
     Returns:
-        ``out_path``. The model is first shape-inferred and optimised
-        (``quant_pre_process``), as onnxruntime recommends before static quantisation.
+        ``out_path``. The model is first shape-inferred (ONNX's inference, not the
+        symbolic one) and optimised (``quant_pre_process``), as onnxruntime recommends before static quantisation.
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -77,7 +77,9 @@ def quantize_static_int8(onnx_path: str | Path, out_path: str | Path,
             f"{list(images.shape)}")
     with tempfile.TemporaryDirectory(prefix="tfmarket-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(onnx_path), str(prepared))
+        # ONNX's own shape inference covers a CNN whose only free dimension is the batch;
+        # the symbolic pass would add sympy, which no install extra brings in.
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared), str(out_path), _Batches(images, batch),
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
