@@ -15,8 +15,13 @@ every image of DIR (other people, e.g. the test folder): a validation gallery of
 identities flatters re-ID, this shows it at the size of the real gallery. Each re-ID score is
 given with and without k-reciprocal re-ranking (``rank --rerank``'s defaults), so whether to
 rank with ``--rerank`` is decided on validation too.
-Writes ``attribute_rule.json`` beside the model, where ``python -m tfmarket.rank`` picks it
-up; pass ``--flip-test`` to rank too when the rule was chosen with it.
+It then chooses the retrieval rule (:mod:`tfmarket.retrieval`: database-side augmentation +
+alpha query expansion, the attribute-aware distance's weight, re-ranking parameters) by mAP on
+the validation queries, against the gallery plus the ``--distractors`` when given, so that the
+choice is made at the test gallery's size (``--no-retrieval`` skips it).
+Writes ``attribute_rule.json`` and ``retrieval.json`` beside the model, where
+``python -m tfmarket.rank`` picks them up; pass ``--flip-test`` to rank too when they were
+chosen with it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from tfmarket.errors import TfmarketError
@@ -55,10 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also score re-ID with every image of DIR (people other than the "
                              "validation identities, e.g. the test folder) added to the gallery, "
                              "to see the model at a test-sized gallery")
+    parser.add_argument("--no-retrieval", action="store_true",
+                        help="do not choose a retrieval rule (no retrieval.json is written)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = all)")
     parser.add_argument("--json", action="store_true",
-                        help="print the report as JSON (the rule and its report are written to "
-                        "attribute_rule.json)")
+                        help="print the report as JSON (the rules and their reports are written "
+                        "to attribute_rule.json and retrieval.json)")
     parser.add_argument("--verbose", action="store_true",
                         help="show TensorFlow's log lines and every warning")
     return parser
@@ -131,8 +138,8 @@ def calibrate(args) -> dict:
         raise TfmarketError("the grids must include neighbours 1 and prior weight 0 "
                             "(the plain rule every choice is compared with)")
 
-    reid, with_distractors = validation_reid(embedder, outputs, data.val_query,
-                                             data.val_gallery, args.distractors)
+    reid, with_distractors, distractor_out = validation_reid(
+        embedder, outputs, data.val_query, data.val_gallery, args.distractors)
     rows = evaluate_rules(probs, embeddings, truth, priors, **grid)
     chosen = pick(rows, args.max_ma_drop)
     plain = next(r for r in rows if r["neighbours"] == 1 and r["prior_weight"] == 0)
@@ -152,17 +159,52 @@ def calibrate(args) -> dict:
     }
     path = model.parent / RULE_FILE
     save_rule(path, rule, report)
-    return {**report, "rule": rule.describe(), "file": str(path), "folds": cv["folds"]}
+    result = {**report, "rule": rule.describe(), "file": str(path), "folds": cv["folds"]}
+    if not args.no_retrieval:
+        result["retrieval"] = choose_retrieval(model.parent, outputs, data.val_query,
+                                               data.val_gallery, distractor_out)
+    return result
+
+
+def choose_retrieval(folder: Path, outputs: list[dict], query, gallery,
+                     distractor_out: dict | None) -> dict:
+    """Chooses and writes ``retrieval.json`` into ``folder``; returns its report."""
+    import numpy as np
+
+    from tfmarket.attributes import HEADS
+    from tfmarket.retrieval import RULE_FILE, choose_rule, save_rule
+
+    q_out, g_out = outputs
+    g_pids, g_cams = gallery.pids, gallery.cams
+    if distractor_out is not None:
+        n = len(distractor_out["embedding"])
+        g_out = {key: np.concatenate([g_out[key], distractor_out[key]]) for key in g_out}
+        g_pids = np.concatenate([g_pids, np.zeros(n, np.int64)])
+        g_cams = np.concatenate([g_cams, np.full(n, -1, np.int64)])
+    rule, rows = choose_rule(q_out, g_out, query.pids, g_pids, query.cams, g_cams, HEADS,
+                             progress=lambda what: print(f"retrieval: scoring {what}",
+                                                         file=sys.stderr, flush=True))
+    plain = rows[0]
+    chosen = next(r for r in rows if all(r[k] == v for k, v in asdict(rule).items()))
+    report = {"scored_on": {"queries": len(query), "gallery": len(g_pids),
+                            "distractors": 0 if distractor_out is None else n},
+              "plain": {k: plain[k] for k in ("mAP", "rank1", "rank5", "mINP")},
+              "chosen": {k: chosen[k] for k in ("mAP", "rank1", "rank5", "mINP")},
+              "rule": rule.describe(), "grid": rows}
+    path = folder / RULE_FILE
+    save_rule(path, rule, report)
+    return {**report, "file": str(path)}
 
 
 REID_KEYS = ("mAP", "rank1", "rank5", "mINP")
 
 
 def validation_reid(embedder, outputs: list[dict], query, gallery,
-                    distractors: str | None) -> tuple[dict, dict | None]:
+                    distractors: str | None) -> tuple[dict, dict | None, dict | None]:
     """Re-ID of the validation queries against the validation gallery, and (when
     ``distractors`` names a folder) against that gallery plus every image of the folder as
-    identity 0 (a distractor: a negative for every query). Each result holds the cosine
+    identity 0 (a distractor: a negative for every query), and the distractors' model outputs
+    (None without ``distractors``). Each result holds the cosine
     ranking's scores and, under ``"rerank"``, those of k-reciprocal re-ranking with
     ``tfmarket.rerank``'s default parameters (what ``rank --rerank`` uses)."""
     import numpy as np
@@ -171,7 +213,7 @@ def validation_reid(embedder, outputs: list[dict], query, gallery,
     reid = _reid_scores(q["embedding"], g["embedding"], query.pids, gallery.pids,
                         query.cams, gallery.cams)
     if not distractors:
-        return reid, None
+        return reid, None, None
     from tfmarket.data.check import require_readable
     from tfmarket.data.filenames import list_images
 
@@ -182,7 +224,7 @@ def validation_reid(embedder, outputs: list[dict], query, gallery,
         q["embedding"], np.concatenate([g["embedding"], d_emb["embedding"]]),
         query.pids, np.concatenate([gallery.pids, np.zeros(len(extra), np.int64)]),
         query.cams, np.concatenate([gallery.cams, np.full(len(extra), -1, np.int64)]))
-    return reid, {"distractors": len(extra), "folder": str(distractors), **big}
+    return reid, {"distractors": len(extra), "folder": str(distractors), **big}, d_emb
 
 
 def _reid_scores(q_emb, g_emb, q_pids, g_pids, q_cams, g_cams) -> dict:
@@ -223,14 +265,25 @@ def format_report(report: dict) -> str:
         f"{cv['plain']['mA']:.4f}, {cv['plain']['mean_accuracy']:.4f}",
         f"wrote {report['file']}",
     ]
+    retrieval = report.get("retrieval")
+    if retrieval:
+        on = retrieval["scored_on"]
+        lines += [
+            f"retrieval, scored on {on['queries']} queries vs {on['gallery']} gallery images "
+            f"({on['distractors']} of them distractors):",
+            f"  plain cosine: {_one(retrieval['plain'])}",
+            f"  chosen {retrieval['rule']}: {_one(retrieval['chosen'])}",
+            f"wrote {retrieval['file']}",
+        ]
     return "\n".join(lines)
 
 
-def _scores(reid: dict) -> str:
-    def one(r: dict) -> str:
-        return f"mAP {r['mAP']:.4f}, Rank-1 {r['rank1']:.4f}, Rank-5 {r['rank5']:.4f}"
+def _one(r: dict) -> str:
+    return f"mAP {r['mAP']:.4f}, Rank-1 {r['rank1']:.4f}, Rank-5 {r['rank5']:.4f}"
 
-    return f"{one(reid)}; re-ranked (rank --rerank) {one(reid['rerank'])}"
+
+def _scores(reid: dict) -> str:
+    return f"{_one(reid)}; re-ranked (rank --rerank) {_one(reid['rerank'])}"
 
 
 if __name__ == "__main__":

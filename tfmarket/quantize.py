@@ -60,7 +60,8 @@ def quantize_static_int8(onnx_path: str | Path, out_path: str | Path,
 
     Returns:
         ``out_path``. The model is first shape-inferred (ONNX's inference, not the
-        symbolic one) and optimised (``quant_pre_process``), as onnxruntime recommends before static quantisation.
+        symbolic one) and optimised (``quant_pre_process``), as onnxruntime recommends
+        before static quantisation.
     """
     from onnxruntime.quantization import (
         CalibrationMethod,

@@ -12,6 +12,10 @@ Writes into ``--out``: ``reid_test.txt`` (top-k per query, best first),
 when labels are known ``metrics.json`` (mAP both conventions, mINP, CMC; attribute accuracy,
 mA, F1). ``--visualize N`` adds an HTML report with N queries and a CMC plot.
 
+Distances follow the retrieval rule in ``retrieval.json`` beside the model when calibrate wrote
+one (database-side augmentation + alpha query expansion, an attribute-aware distance,
+k-reciprocal re-ranking, each chosen on validation; see :mod:`tfmarket.retrieval`), else plain
+cosine distance; ``--retrieval plain`` forces the latter, ``--rerank`` adds re-ranking.
 Attributes are decided by the rule in ``attribute_rule.json`` beside the model when
 ``python -m tfmarket.calibrate`` wrote one (neighbour voting among the gallery images, for
 queries among queries + gallery, and a prior adjustment, chosen on validation), else per
@@ -46,11 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gallery", help="folder of gallery images (with --query)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--topk", type=int, default=100, help="results per query (default 100)")
+    parser.add_argument("--retrieval", metavar="FILE|plain",
+                        help="retrieval rule: query expansion, attribute-aware distance, "
+                             "re-ranking (default: retrieval.json beside the model if "
+                             "calibrate wrote one, else plain cosine distance)")
     parser.add_argument("--rerank", action="store_true",
-                        help="k-reciprocal re-ranking (Zhong et al. 2017)")
-    parser.add_argument("--k1", type=int, default=20)
-    parser.add_argument("--k2", type=int, default=6)
-    parser.add_argument("--lambda-value", type=float, default=0.3)
+                        help="k-reciprocal re-ranking (Zhong et al. 2017) on top of the rule")
+    parser.add_argument("--k1", type=int, help="re-ranking k1 (default: the rule's, else 20)")
+    parser.add_argument("--k2", type=int, help="re-ranking k2 (default: the rule's, else 6)")
+    parser.add_argument("--lambda-value", type=float,
+                        help="re-ranking lambda (default: the rule's, else 0.3)")
     parser.add_argument("--search", default="exact", choices=SEARCHES,
                         help="exact chunked cosine search, or a faiss index for huge galleries")
     parser.add_argument("--flip-test", action="store_true",
@@ -162,6 +171,7 @@ def rank(args) -> dict:
     query, gallery, source = load_inputs(args)
     require_readable(query.paths + gallery.paths)
     rule, rule_file = attribute_rule(args.attribute_rule, Path(args.model))
+    retrieval, retrieval_file = retrieval_rule(args, Path(args.model))
     embedder = OnnxEmbedder(args.model, threads=args.threads, flip_test=args.flip_test)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -175,23 +185,30 @@ def rank(args) -> dict:
     start = time.time()
     distmat = None
     search_device = "cpu"
-    if args.rerank:
-        from tfmarket.rerank import k_reciprocal_rerank
+    q_ranked, g_ranked = q_out, g_out
+    if retrieval.needs_distances:
+        from tfmarket.retrieval import distances
         from tfmarket.search import topk_from_distances
 
-        distmat = k_reciprocal_rerank(q_out["embedding"], g_out["embedding"], k1=args.k1,
-                                      k2=args.k2, lambda_value=args.lambda_value)
+        distmat = distances(q_out, g_out, retrieval, HEADS)
         indices, _ = topk_from_distances(distmat, topk)
-    elif args.search == "exact":
-        from tfmarket.search import cosine_topk
-
-        indices, _ = cosine_topk(q_out["embedding"], g_out["embedding"], topk)
     else:
-        from tfmarket.search import build_faiss_index, faiss_topk, on_available_gpus
+        from tfmarket.retrieval import expand
 
-        index = build_faiss_index(g_out["embedding"], kind=args.search.split("-", 1)[1])
-        index, search_device = on_available_gpus(index)
-        indices, _ = faiss_topk(index, q_out["embedding"], topk)
+        q_emb, g_emb = expand(q_out["embedding"], g_out["embedding"], retrieval.expansion_k,
+                              retrieval.expansion_alpha)
+        if args.search == "exact":
+            from tfmarket.search import cosine_topk
+
+            indices, _ = cosine_topk(q_emb, g_emb, topk)
+        else:
+            from tfmarket.search import build_faiss_index, faiss_topk, on_available_gpus
+
+            index = build_faiss_index(g_emb, kind=args.search.split("-", 1)[1])
+            index, search_device = on_available_gpus(index)
+            indices, _ = faiss_topk(index, q_emb, topk)
+        # Evaluation scores what was ranked: the expanded embeddings.
+        q_ranked, g_ranked = {"embedding": q_emb}, {"embedding": g_emb}
     rank_seconds = time.time() - start
 
     q_names = [Path(p).name for p in query.paths]
@@ -210,7 +227,9 @@ def rank(args) -> dict:
     summary = {
         "source": source, "model": str(args.model), "providers": embedder.providers,
         "queries": len(query), "gallery": len(gallery), "topk": topk,
-        "rerank": bool(args.rerank), "search": "rerank" if args.rerank else args.search,
+        "retrieval": retrieval.describe() + (f" ({retrieval_file})" if retrieval_file else ""),
+        "rerank": retrieval.rerank,
+        "search": "distance matrix" if retrieval.needs_distances else args.search,
         "search_device": search_device, "flip_test": bool(args.flip_test),
         "attribute_rule": rule.describe() + (f" ({rule_file})" if rule_file else ""),
         "embed_seconds": round(embed_seconds, 2),
@@ -220,7 +239,8 @@ def rank(args) -> dict:
     }
     metrics = None
     if query.labelled and gallery.labelled:
-        metrics = evaluate(query, gallery, q_out, g_out, q_columns, g_columns, distmat, COLUMNS)
+        metrics = evaluate(query, gallery, q_ranked, g_ranked, q_columns, g_columns, distmat,
+                           COLUMNS)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         summary["files"].append("metrics.json")
         summary["metrics"] = {k: metrics["reid"][k] for k in
@@ -248,6 +268,35 @@ def attribute_rule(choice: str | None, model: Path):
     if choice is None and not path.is_file():
         return AttributeRule(), None
     return load_rule(path), path
+
+
+def retrieval_rule(args, model: Path):
+    """-> (RetrievalRule, the file it came from or None) for ``--retrieval`` / ``--rerank``.
+
+    The rule needs the full distance matrix when it re-ranks or adds attribute distances, so
+    it refuses a faiss ``--search`` (expansion alone works with either).
+    """
+    from dataclasses import replace
+
+    from tfmarket.retrieval import RULE_FILE, RetrievalRule, load_rule
+
+    choice = args.retrieval
+    path = None if choice == "plain" else Path(choice) if choice else model.parent / RULE_FILE
+    if path is not None and choice is None and not path.is_file():
+        path = None
+    rule = load_rule(path) if path is not None else RetrievalRule()
+    if args.rerank or any(v is not None for v in (args.k1, args.k2, args.lambda_value)):
+        rule = replace(rule, rerank=rule.rerank or args.rerank,
+                       k1=args.k1 if args.k1 is not None else rule.k1,
+                       k2=args.k2 if args.k2 is not None else rule.k2,
+                       lambda_value=(args.lambda_value if args.lambda_value is not None
+                                     else rule.lambda_value))
+    if rule.needs_distances and args.search != "exact":
+        raise TfmarketError(
+            f"--search {args.search} ranks embeddings with an index, but the retrieval rule "
+            f"({rule.describe()}{f', from {path}' if path else ''}) needs the full distance "
+            "matrix; use --search exact, or --retrieval plain")
+    return rule, path
 
 
 def decide_attributes(q_out: dict, g_out: dict, rule) -> tuple[np.ndarray, np.ndarray]:
