@@ -39,3 +39,30 @@ def test_static_int8_refuses_bad_calibration_images(exported, tmp_path):
     with pytest.raises(TfmarketError, match="uint8"):
         quantize_static_int8(out / "model.onnx", tmp_path / "x.onnx",
                              np.zeros((4, 64, 32, 3), np.float32))
+
+
+def test_rank_serves_the_int8_model_as_it_serves_the_float_one(exported, course_synth, tmp_path,
+                                                               capsys):
+    import json
+
+    from tfmarket.rank import main as rank_main
+
+    out, _, _ = exported
+    summaries = {}
+    for name in ("model.onnx", "model.int8.onnx"):
+        target = tmp_path / name
+        assert rank_main(["--model", str(out / name), "--data", str(course_synth),
+                          "--out", str(target), "--retrieval", "plain",
+                          "--attribute-rule", "plain", "--json"]) == 0
+        text = capsys.readouterr().out
+        summaries[name] = json.loads(text[text.index("{"):])
+        assert sorted(p.name for p in target.iterdir()) == [
+            "classification_test.csv", "embeddings.npz", "metrics.json", "reid_test.txt",
+            "summary.json"]
+    fp32, int8 = summaries["model.onnx"]["metrics"], summaries["model.int8.onnx"]["metrics"]
+    assert set(fp32) == set(int8)
+    # The smoke model is barely trained; int8 must still rank nearly as the float model does.
+    assert abs(fp32["mAP"] - int8["mAP"]) < 0.1, (fp32, int8)
+    a = np.load(tmp_path / "model.onnx" / "embeddings.npz")["gallery_embedding"]
+    b = np.load(tmp_path / "model.int8.onnx" / "embeddings.npz")["gallery_embedding"]
+    assert np.median(np.sum(a * b, axis=1)) > 0.9
