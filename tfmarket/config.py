@@ -23,7 +23,9 @@ class DataConfig:
     """Where the images come from and how batches are built."""
 
     root: str = ""  # dataset folder; "" = generate synthetic data into <workdir>/synthetic
-    layout: str = "auto"  # auto | market1501 | course
+    # The dataset in root (docs/datasets.md): auto (detected) | market1501 | course |
+    # dukemtmcreid | msmt17 | cuhk03 (= cuhk03-labeled) | cuhk03-detected | custom
+    layout: str = "auto"
     height: int = 128
     width: int = 64
     ids_per_batch: int = 8  # P of the P x K batches
@@ -96,6 +98,37 @@ class ExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AdaptConfig:
+    """``python -m tfmarket.adapt``: rounds of clustering the unlabelled crops of a new camera
+    network into pseudo-identities and fine-tuning on them beside the labelled identities."""
+
+    rounds: int = 4
+    epochs_per_round: int = 2
+    steps_per_epoch: int = 100  # fixed, so the images a run will see are known before it starts
+    learning_rate: float = 3.5e-4  # constant within a round; each round has a fresh optimizer
+    # Share of a batch's P identities drawn from the source run's labelled training identities
+    # (the rest are cluster identities); 0 = clusters only.
+    labelled_fraction: float = 0.5
+    # DBSCAN on the k-reciprocal distance: radius and core size (SpCL / Cluster Contrast: 0.6, 4).
+    eps: float = 0.6
+    # > 0: eps is recomputed each round as the mean of this smallest fraction of all pairwise
+    # distances (SSG / MMT use 1.6e-3 on Market-1501), instead of the fixed eps above.
+    eps_quantile: float = 0.0
+    min_samples: int = 4
+    k1: int = 30  # k-reciprocal neighbourhood (SpCL / Cluster Contrast cluster with 30, 6)
+    k2: int = 6  # local query expansion
+    lambda_value: float = 0.0  # weight of the original distance; 0 = Jaccard distance only
+    image_budget: int = 0  # training images allowed, source run + adaptation; 0 = unchecked
+    # Written by adapt into the run's config.yaml: where the run came from.
+    source: str = ""  # the source run directory
+    source_model: str = ""  # the source run's model it started from (best.keras / model.keras)
+    crops: tuple[str, ...] = ()  # the folders of unlabelled crops
+    # The crops include the source dataset's own test/query images: results on them are
+    # transductive (the model has seen those images, without labels, while adapting).
+    transductive: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """Everything one run needs; written as ``config.yaml`` into each run directory."""
 
@@ -105,11 +138,13 @@ class Config:
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
+    adapt: AdaptConfig = AdaptConfig()
 
 
 # Allowed values of the string options, checked when a config is loaded.
 CHOICES = {
-    "data.layout": ("auto", "market1501", "course"),
+    "data.layout": ("auto", "market1501", "course", "dukemtmcreid", "msmt17", "cuhk03",
+                    "cuhk03-labeled", "cuhk03-detected", "custom"),  # = data.market1501.LAYOUTS
     "data.validation": ("auto", "holdout", "official", "none"),
     "model.backbone": ("resnet50", "tiny"),
     "model.pooling": ("avg", "gem"),
@@ -230,9 +265,11 @@ def parse_overrides(overrides: list[str] | None) -> dict:
     return nested
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (with its ``_base_`` chain), then ``key=value`` overrides."""
-    config = Config()
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: Config | None = None) -> Config:
+    """Defaults (or ``base``, e.g. a run's resolved config), then the YAML file (with its
+    ``_base_`` chain), then ``key=value`` overrides."""
+    config = Config() if base is None else base
     if path:
         config = _merge(config, _read_yaml(Path(path)))
     return _merge(config, parse_overrides(overrides))

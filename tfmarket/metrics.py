@@ -5,7 +5,9 @@ Plain NumPy (no TensorFlow), so CLIs and notebooks can use it cheaply.
 Re-ID protocol (Market-1501, as torchreid's ``eval_market1501`` and the official MATLAB code):
 
 * for each query, gallery images with the query's identity **and** camera are removed
-  (they are "junk": same-view shots are too easy);
+  (they are "junk": same-view shots are too easy); camera ``-1`` means unknown and is never
+  "the same camera" (datasets of your own crops without cameras: every gallery image of the
+  query's identity is a true match);
 * gallery images with identity ``-1`` (Market's junk detections) are removed for every query;
 * identity ``0`` (Market's ``0000`` distractors) stays in the gallery as a negative;
 * a query with no remaining true match is skipped (it has no defined AP); the metrics are
@@ -40,6 +42,11 @@ DEFAULT_CHUNK = 256
 # --------------------------------------------------------------------------------------
 # Re-ID ranking
 # --------------------------------------------------------------------------------------
+
+
+def _same_camera(q_cams: np.ndarray, g_cams: np.ndarray) -> np.ndarray:
+    """Broadcast "same camera": a camera below 0 (-1 = unknown) is never the same camera."""
+    return (g_cams == q_cams) & (q_cams >= 0) & (g_cams >= 0)
 
 
 def _as_1d(name: str, values, length: int | None = None) -> np.ndarray:
@@ -95,7 +102,8 @@ def per_query_metrics_from_order(
 
     ranked_ids = g_ids[order_rows]
     same_id = ranked_ids == q_ids[:, None]
-    keep = ~((same_id & (g_cams[order_rows] == q_cams[:, None])) | (ranked_ids == JUNK_ID))
+    same_cam = _same_camera(q_cams[:, None], g_cams[order_rows])
+    keep = ~((same_id & same_cam) | (ranked_ids == JUNK_ID))
     match = same_id & keep
     # 1-based rank of every position among the kept gallery images (junk does not count).
     kept_rank = np.cumsum(keep, axis=1, dtype=np.int32)
@@ -195,7 +203,8 @@ def per_query_metrics(
     # argsort) and every match's rank is found by binary search, ties broken by gallery index
     # exactly as the stable argsort of per_query_metrics_from_order breaks them.
     same_id = g_ids[None, :] == q_ids[:, None]
-    keep = ~((same_id & (g_cams[None, :] == q_cams[:, None])) | (g_ids == JUNK_ID)[None, :])
+    same_cam = _same_camera(q_cams[:, None], g_cams[None, :])
+    keep = ~((same_id & same_cam) | (g_ids == JUNK_ID)[None, :])
     match = same_id & keep
     kept_sorted = np.sort(np.where(keep, dist_rows, np.inf), axis=1)
     num_kept = keep.sum(axis=1)

@@ -1,8 +1,9 @@
-"""Dataset readers (folders -> records), synthetic data and the tf.data input pipeline.
+"""Dataset readers (Market-1501, DukeMTMC-reID, MSMT17, CUHK03 and own-crop folders ->
+records; docs/datasets.md), synthetic data and the tf.data input pipeline.
 
 Importing this package does not import TensorFlow; ``tfmarket.data.pipeline`` does.
 """
 
-from tfmarket.data.market1501 import Records, ReidDataset, detect_layout, load_dataset
+from tfmarket.data.market1501 import LAYOUTS, Records, ReidDataset, detect_layout, load_dataset
 
-__all__ = ["Records", "ReidDataset", "detect_layout", "load_dataset"]
+__all__ = ["LAYOUTS", "Records", "ReidDataset", "detect_layout", "load_dataset"]

@@ -1,7 +1,12 @@
-"""``python -m tfmarket.data``: inspect, check and generate Market-1501-style datasets.
+"""``python -m tfmarket.data``: inspect, check and generate re-ID datasets.
 
-    python -m tfmarket.data summary ROOT [--json] [--check]
+    python -m tfmarket.data summary ROOT [--dataset NAME] [--json] [--check]
     python -m tfmarket.data synth OUT --layout course|market1501 [--seed 0]
+    python -m tfmarket.data extract-cuhk03 ROOT
+
+``--dataset`` (alias ``--layout``) forces a dataset instead of detecting it: auto,
+market1501, course, dukemtmcreid, msmt17, cuhk03 (= cuhk03-labeled), cuhk03-detected, custom
+(docs/datasets.md).
 
 TensorFlow is not imported here.
 """
@@ -20,7 +25,7 @@ def _summary(args) -> int:
     from tfmarket.data.market1501 import load_dataset
     from tfmarket.data.summary import dataset_summary, format_summary
 
-    dataset = load_dataset(args.root, args.layout)
+    dataset = load_dataset(args.root, args.dataset)
     summary = dataset_summary(dataset)
     status = 0
     if args.check:
@@ -60,13 +65,24 @@ def _synth(args) -> int:
     return 0
 
 
+def _extract_cuhk03(args) -> int:
+    from tfmarket.data.cuhk03 import extract_cuhk03
+
+    counts = extract_cuhk03(args.root, overwrite=args.overwrite)
+    for variant, n in counts.items():
+        print(f"images_{variant}: " + (f"{n} images written" if n else "exists, kept"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tfmarket.data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("summary", help="layout and per-split counts of a dataset folder")
+    s = sub.add_parser("summary", help="dataset and per-split counts of a dataset folder")
     s.add_argument("root")
-    s.add_argument("--layout", default="auto", choices=["auto", "market1501", "course"])
+    s.add_argument("--dataset", "--layout", dest="dataset", default="auto", metavar="NAME",
+                   help="force a dataset instead of detecting it (auto, market1501, course, "
+                        "dukemtmcreid, msmt17, cuhk03, cuhk03-detected, custom)")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.add_argument("--check", action="store_true",
                    help="decode every image; list unreadable files; exit status 1 if any")
@@ -83,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(func=_synth)
+    e = sub.add_parser("extract-cuhk03",
+                       help="write CUHK03's images_labeled/ and images_detected/ from "
+                            "ROOT/cuhk03_release/cuhk-03.mat (needs h5py)")
+    e.add_argument("root")
+    e.add_argument("--overwrite", action="store_true", help="rewrite existing image folders")
+    e.set_defaults(func=_extract_cuhk03)
     return parser
 
 

@@ -1,4 +1,10 @@
-"""Readers for the two Market-1501 layouts: folders -> :class:`ReidDataset` of records.
+"""Readers for the two Market-1501 layouts, and the entry point for every dataset.
+
+:func:`load_dataset` reads any supported dataset folder into a :class:`ReidDataset` of
+:class:`Records`; :func:`detect_layout` recognises which one a folder holds. The Market-1501
+layouts are read here; the others in their own modules (``tfmarket.data.duke``,
+``tfmarket.data.msmt17``, ``tfmarket.data.cuhk03``, ``tfmarket.data.custom``; see
+``docs/datasets.md``).
 
 Original layout (Zheng et al. 2015)::
 
@@ -17,6 +23,7 @@ unknown (no annotation file, distractors, unlabelled splits).
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +31,28 @@ import numpy as np
 from tfmarket.attributes import COLUMNS, columns_to_targets
 from tfmarket.data.filenames import (
     DISTRACTOR_ID,
+    IMAGE_SUFFIXES,
     JUNK_ID,
+    is_duke_name,
     list_images,
     parse_course_train,
     parse_original,
 )
 from tfmarket.errors import DataError
 
-LAYOUTS = ("market1501", "course")
-_ORIGINAL_DIRS = ("bounding_box_train", "bounding_box_test", "query")
+# Dataset (layout) names accepted by load_dataset, besides "auto". "cuhk03" is the labeled
+# variant; "market1501" and "course" are the two Market-1501 layouts.
+LAYOUTS = (
+    "market1501",
+    "course",
+    "dukemtmcreid",
+    "msmt17",
+    "cuhk03",
+    "cuhk03-labeled",
+    "cuhk03-detected",
+    "custom",
+)
+ORIGINAL_DIRS = ("bounding_box_train", "bounding_box_test", "query")
 _COURSE_DIRS = ("train", "test", "queries")
 UNLABELLED = -1
 
@@ -45,8 +65,13 @@ class Records:
         paths: list[str] [N] absolute image paths.
         pids: int64 [N] dataset identity (0 = distractor; -1 where unlabelled).
         cams: int64 [N] camera number (-1 where unknown).
-        attributes: int64 [N, 27] in file encoding; 0 = unknown.
+        attributes: int64 [N, 27] Market-1501 attributes in file encoding; 0 = unknown (all 0
+            for datasets without Market-1501 attributes).
         labelled: whether pids/cams are real labels.
+        extra_attributes: int64 [N, len(attribute_names)] a dataset's own attribute annotations
+            in its file encoding (DukeMTMC-reID: 1 = no, 2 = yes), 0 = unknown; None when the
+            dataset has none. Not used by training yet.
+        attribute_names: the columns of ``extra_attributes``.
     """
 
     paths: list[str]
@@ -54,6 +79,8 @@ class Records:
     cams: np.ndarray
     attributes: np.ndarray
     labelled: bool = True
+    extra_attributes: np.ndarray | None = None
+    attribute_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -68,6 +95,8 @@ class Records:
             self.cams[idx],
             self.attributes[idx],
             self.labelled,
+            None if self.extra_attributes is None else self.extra_attributes[idx],
+            self.attribute_names,
         )
 
     @property
@@ -78,56 +107,149 @@ class Records:
 
 @dataclasses.dataclass
 class ReidDataset:
-    """A whole dataset: training images plus a query/gallery evaluation pair."""
+    """A whole dataset: training images plus a query/gallery evaluation pair.
+
+    Attributes:
+        layout: the dataset name (one of :data:`LAYOUTS`; ``cuhk03`` for both CUHK03 variants).
+        variant: ``V1``/``V2`` (MSMT17), ``labeled``/``detected`` (CUHK03), else "".
+        sources: where each split comes from (folder or list file), for summaries; None = the
+            Market-1501 folder names.
+    """
 
     layout: str
     root: Path
     train: Records
     query: Records
     gallery: Records
+    variant: str = ""
+    sources: dict[str, str] | None = None
 
     def splits(self) -> dict[str, Records]:
         return {"train": self.train, "query": self.query, "gallery": self.gallery}
 
 
-def _records(paths, pids, cams, attributes, labelled=True) -> Records:
+def make_records(paths, pids, cams, attributes=None, labelled=True, extra=None,
+                 attribute_names=()) -> Records:
+    """Records from lists; ``attributes=None`` = Market-1501 attributes unknown (all 0)."""
     n = len(paths)
+    if attributes is None:
+        attributes = np.zeros((n, len(COLUMNS)), dtype=np.int64)
+    if extra is not None:
+        extra = np.asarray(extra, dtype=np.int64).reshape(n, len(attribute_names))
     return Records(
         [str(p) for p in paths],
         np.asarray(pids, dtype=np.int64).reshape(n),
         np.asarray(cams, dtype=np.int64).reshape(n),
         np.asarray(attributes, dtype=np.int64).reshape(n, len(COLUMNS)),
         labelled,
+        extra,
+        tuple(attribute_names),
     )
+
+
+def _first_image_name(folder: Path) -> str:
+    """Name of the first image (sorted) in a folder, "" if none."""
+    names = sorted(
+        e.name for e in os.scandir(folder)
+        if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES
+    )
+    return names[0] if names else ""
 
 
 def detect_layout(root: str | Path) -> str:
-    """Returns ``"market1501"`` or ``"course"``; DataError naming what is missing otherwise."""
+    """The dataset a folder holds (a :data:`LAYOUTS` name); DataError naming what is missing.
+
+    Market-1501's original layout and DukeMTMC-reID share their folder names
+    (``bounding_box_train/``, ``bounding_box_test/``, ``query/``); the file names tell them apart
+    (``0002_c1s1_000451_03.jpg`` vs ``0001_c2_f0046182.jpg``; the folder's name decides only
+    when ``bounding_box_train/`` has no image). A folder whose names follow neither is read as
+    Market-1501, whose reader then names the first bad file.
+    """
+    from tfmarket.data.cuhk03 import detect_cuhk03
+    from tfmarket.data.custom import is_custom
+    from tfmarket.data.msmt17 import is_msmt17
+
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
-    if all((root / d).is_dir() for d in _ORIGINAL_DIRS):
+    if all((root / d).is_dir() for d in ORIGINAL_DIRS):
+        first = _first_image_name(root / "bounding_box_train")
+        if is_duke_name(first) or (not first and "duke" in root.name.lower()):
+            return "dukemtmcreid"
         return "market1501"
     if (root / "train").is_dir() and (root / "annotations_train.csv").is_file():
         return "course"
+    if is_msmt17(root):
+        return "msmt17"
+    cuhk03 = detect_cuhk03(root)
+    if cuhk03:
+        return cuhk03
+    if is_custom(root):
+        return "custom"
     found = sorted(p.name for p in root.iterdir())[:10]
     raise DataError(
-        f"{root}: not a Market-1501 folder. Expected either {', '.join(_ORIGINAL_DIRS)} "
-        f"(original layout) or train/ + annotations_train.csv (course layout); found: "
-        f"{', '.join(found) or 'nothing'}"
+        f"{root}: not a Market-1501 folder nor any other dataset tfmarket reads. Expected "
+        f"{', '.join(ORIGINAL_DIRS)} (Market-1501 original or DukeMTMC-reID), train/ + "
+        "annotations_train.csv (Market-1501 course), list_train.txt + list_query.txt + "
+        "list_gallery.txt (MSMT17), cuhk03_new_protocol_config_*.mat + images_labeled/ or "
+        "images_detected/ (CUHK03), or train.csv / train.txt / train/<identity>/ (custom; see "
+        f"docs/datasets.md); found: {', '.join(found) or 'nothing'}{_subfolder_hint(root)}"
     )
 
 
+def _subfolder_hint(root: Path) -> str:
+    """A "did you mean ROOT/X?" suffix when a subfolder looks like a dataset (an archive's top
+    folder, e.g. DukeMTMC-reID/ or MSMT17_V2/), else an empty string."""
+    markers = ("bounding_box_train", "annotations_train.csv", "list_train.txt",
+               "cuhk03_new_protocol_config_labeled.mat", "train.csv")
+    try:
+        subfolders = sorted(p for p in root.iterdir() if p.is_dir())[:50]
+    except OSError:
+        return ""
+    for sub in subfolders:
+        if any((sub / m).exists() for m in markers):
+            return f" -- did you mean {sub}?"
+    return ""
+
+
 def load_dataset(root: str | Path, layout: str = "auto") -> ReidDataset:
-    """Reads a dataset folder in either layout (``layout="auto"`` detects it)."""
+    """Reads a dataset folder (``layout="auto"`` detects which dataset it holds).
+
+    Args:
+        root: the dataset folder (see ``docs/datasets.md`` for each dataset's layout).
+        layout: ``"auto"`` or a dataset name from :data:`LAYOUTS` (``cuhk03`` = labeled).
+
+    Raises:
+        DataError: unknown name (the message lists the valid ones), or a missing/malformed file.
+    """
+    if layout not in ("auto", *LAYOUTS):
+        raise DataError(
+            f"unknown dataset (layout) {layout!r}; valid names: auto, {', '.join(LAYOUTS)}"
+        )
     root = Path(root).expanduser().resolve()
     if layout == "auto":
         layout = detect_layout(root)
+    elif not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
     if layout == "market1501":
         return load_original(root)
     if layout == "course":
         return load_course(root)
-    raise DataError(f"unknown layout {layout!r}; valid layouts: auto, {', '.join(LAYOUTS)}")
+    if layout == "dukemtmcreid":
+        from tfmarket.data.duke import load_duke
+
+        return load_duke(root)
+    if layout == "msmt17":
+        from tfmarket.data.msmt17 import load_msmt17
+
+        return load_msmt17(root)
+    if layout.startswith("cuhk03"):
+        from tfmarket.data.cuhk03 import load_cuhk03
+
+        return load_cuhk03(root, "detected" if layout == "cuhk03-detected" else "labeled")
+    from tfmarket.data.custom import load_custom
+
+    return load_custom(root)
 
 
 # --- original layout -------------------------------------------------------------------------
@@ -139,28 +261,57 @@ def read_attribute_mat(path: str | Path) -> dict[str, dict[int, np.ndarray]]:
     The train and test structs store their fields in different orders, so fields are read by
     name, never by position.
     """
+    return read_attribute_tables(path, "market_attribute", COLUMNS)
+
+
+def read_attribute_tables(
+    path: str | Path, variable: str, columns: tuple[str, ...]
+) -> dict[str, dict[int, np.ndarray]]:
+    """A MATLAB attribute file of Lin et al. (``market_attribute.mat``, ``duke_attribute.mat``).
+
+    The file holds a struct ``<variable>`` with sub-structs ``train`` and ``test``; each has one
+    1 x N field per attribute plus ``image_index`` (the N identities as strings like ``"0001"``).
+
+    Returns:
+        {"train"|"test": {identity: int64 [len(columns)] in ``columns`` order}}, fields read by
+        name (the structs' field orders differ between train and test).
+
+    Raises:
+        DataError: unreadable file, missing struct or fields, fields of different lengths.
+    """
     import scipy.io
 
     path = Path(path)
     try:
         mat = scipy.io.loadmat(str(path))
-        root = mat["market_attribute"][0, 0]
     except Exception as exc:  # scipy raises many types for malformed files
-        raise DataError(f"{path}: not a readable market_attribute.mat ({exc})") from None
+        raise DataError(f"{path}: not a readable {variable}.mat ({exc})") from None
+    if variable not in mat:
+        found = ", ".join(k for k in mat if not k.startswith("__")) or "nothing"
+        raise DataError(f"{path}: no variable {variable!r} (found: {found})")
+    try:
+        root = mat[variable][0, 0]
+    except (IndexError, TypeError, ValueError):
+        raise DataError(f"{path}: {variable} is not a MATLAB struct") from None
     tables = {}
     for split in ("train", "test"):
         try:
             struct = root[split][0, 0]
-        except (KeyError, ValueError, IndexError):
-            raise DataError(f"{path}: no market_attribute.{split} struct") from None
+        except (KeyError, ValueError, IndexError, TypeError):
+            raise DataError(f"{path}: no {variable}.{split} struct") from None
         names = struct.dtype.names or ()
-        missing = [c for c in (*COLUMNS, "image_index") if c not in names]
+        missing = [c for c in (*columns, "image_index") if c not in names]
         if missing:
-            raise DataError(f"{path}: market_attribute.{split} lacks fields {missing}")
-        ids = [int(np.asarray(x).ravel()[0]) for x in struct["image_index"].ravel()]
-        values = np.stack([np.asarray(struct[c]).ravel().astype(np.int64) for c in COLUMNS], 1)
+            raise DataError(f"{path}: {variable}.{split} lacks fields {missing}")
+        try:
+            ids = [int(np.asarray(x).ravel()[0]) for x in struct["image_index"].ravel()]
+            values = np.stack(
+                [np.asarray(struct[c]).ravel().astype(np.int64) for c in columns], 1
+            )
+        except (ValueError, TypeError, IndexError) as exc:
+            raise DataError(f"{path}: {variable}.{split} has malformed fields ({exc})") from None
         if values.shape[0] != len(ids):
-            raise DataError(f"{path}: market_attribute.{split} fields have different lengths")
+            raise DataError(f"{path}: {variable}.{split} fields have different lengths")
         tables[split] = dict(zip(ids, values, strict=True))
     return tables
 
@@ -190,11 +341,11 @@ def _read_original_split(folder: Path, table: dict[int, np.ndarray] | None, trai
             f"{path}: identity {pid:04d} has no entry in market_attribute.mat "
             f"({len({p for p, _ in unknown})} training identities missing)"
         )
-    return _records(paths, pids, cams, np.reshape(attrs, (-1, len(COLUMNS))))
+    return make_records(paths, pids, cams, np.reshape(attrs, (-1, len(COLUMNS))))
 
 
 def load_original(root: Path) -> ReidDataset:
-    for d in _ORIGINAL_DIRS:
+    for d in ORIGINAL_DIRS:
         if not (root / d).is_dir():
             raise DataError(f"{root / d}: folder not found (original Market-1501 layout)")
     tables = None
@@ -263,7 +414,7 @@ def load_course(root: Path) -> ReidDataset:
             f"{path}: identity {pid} is not in {root / 'annotations_train.csv'} "
             f"({len(missing)} identities missing)"
         )
-    train = _records(paths, pids, cams, np.reshape(attrs, (-1, len(COLUMNS))))
+    train = make_records(paths, pids, cams, np.reshape(attrs, (-1, len(COLUMNS))))
     return ReidDataset(
         "course",
         root,
@@ -275,10 +426,10 @@ def load_course(root: Path) -> ReidDataset:
 
 def _unlabelled(folder: Path) -> Records:
     if not folder.is_dir():
-        return _records([], [], [], np.zeros((0, len(COLUMNS))), labelled=False)
+        return make_records([], [], [], np.zeros((0, len(COLUMNS))), labelled=False)
     paths = list_images(folder)
     n = len(paths)
-    return _records(
+    return make_records(
         paths,
         np.full(n, UNLABELLED),
         np.full(n, UNLABELLED),

@@ -27,10 +27,11 @@ def split_validation(
     """Carves held-out identities from the training records.
 
     Only identities seen by at least two cameras are eligible (a Market-1501 query needs a
-    match from another camera). For each held-out identity one image per camera becomes a
-    query, like Market-1501's own query set; the rest goes to the gallery. An identity with
-    exactly one image per camera keeps one camera's image for the gallery, so that every
-    held-out identity has gallery images.
+    match from another camera); where cameras are unknown (-1, which evaluation never counts as
+    the same camera), identities with at least two images. For each held-out identity one image
+    per camera (unknown counting as one camera) becomes a query, like Market-1501's own query
+    set; the rest goes to the gallery. An identity with exactly one image per camera keeps one
+    camera's image for the gallery, so that every held-out identity has gallery images.
 
     Returns:
         (train_rest, val_query, val_gallery), identity-disjoint from each other's training part.
@@ -39,11 +40,12 @@ def split_validation(
     if num_val_ids <= 0:
         empty = train.subset(np.zeros(len(train), bool))
         return train, empty, empty
-    eligible = np.array([p for p in ids if len(np.unique(train.cams[train.pids == p])) >= 2])
+    eligible = np.array([p for p in ids if _eligible(train.cams[train.pids == p])])
     if len(eligible) < num_val_ids or len(ids) - num_val_ids < 2:
         raise DataError(
             f"cannot hold out {num_val_ids} validation identities: {len(ids)} training "
-            f"identities, {len(eligible)} seen by two or more cameras"
+            f"identities, {len(eligible)} seen by two or more cameras (or, camera unknown, "
+            "with two or more images)"
         )
     rng = np.random.default_rng(seed)
     val_ids = np.sort(rng.choice(eligible, size=num_val_ids, replace=False))
@@ -62,6 +64,12 @@ def split_validation(
         train.subset(query_mask),
         train.subset(in_val & ~query_mask),
     )
+
+
+def _eligible(cams: np.ndarray) -> bool:
+    """One identity's cameras allow a query with a match from another camera."""
+    unknown = cams < 0
+    return len(np.unique(cams[~unknown])) >= 2 or (bool(unknown.any()) and len(cams) >= 2)
 
 
 def default_val_ids(num_ids: int) -> int:

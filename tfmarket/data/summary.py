@@ -1,4 +1,5 @@
-"""Dataset summary: layout and, per split, image / identity / camera counts and attributes."""
+"""Dataset summary: dataset (layout) and, per split, image / identity / camera counts and
+attributes."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ def split_summary(records: Records) -> dict:
         out["cameras"] = None
     known = records.has_attributes
     out["attribute_coverage"] = float(known.mean()) if len(records) else 0.0
+    if records.extra_attributes is not None:
+        annotated = (records.extra_attributes > 0).any(axis=1)
+        out["extra_attributes"] = {
+            "names": list(records.attribute_names),
+            "coverage": float(annotated.mean()) if len(records) else 0.0,
+        }
     if known.any():
         attrs = records.attributes[known]
         n_up = len(UPPER_COLORS)
@@ -40,30 +47,34 @@ def split_summary(records: Records) -> dict:
 
 
 def dataset_summary(dataset: ReidDataset) -> dict:
-    names = (
-        {"train": "train", "query": "queries", "gallery": "test"}
-        if dataset.layout == "course"
-        else {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-    )
-    return {
-        "root": str(dataset.root),
-        "layout": dataset.layout,
-        "splits": {
-            key: {"folder": names[key], **split_summary(records)}
-            for key, records in dataset.splits().items()
-        },
+    if dataset.sources is not None:
+        names = dataset.sources
+    elif dataset.layout == "course":
+        names = {"train": "train", "query": "queries", "gallery": "test"}
+    else:
+        names = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+    out = {"root": str(dataset.root), "layout": dataset.layout}
+    if dataset.variant:
+        out["variant"] = dataset.variant
+    out["splits"] = {
+        key: {"folder": names[key], **split_summary(records)}
+        for key, records in dataset.splits().items()
     }
+    return out
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{summary['root']}  (layout: {summary['layout']})"]
+    """The summary as a table; the attrs column is the Market-1501 attribute coverage, or the
+    dataset's own attributes' (DukeMTMC-reID) where it has those."""
+    variant = f", {summary['variant']}" if summary.get("variant") else ""
+    lines = [f"{summary['root']}  (layout: {summary['layout']}{variant})"]
     header = f"{'split':<8} {'folder':<20} {'images':>8} {'ids':>6} {'cams':>5} {'attrs':>6}"
     lines.append(header)
     for key, s in summary["splits"].items():
         ids = "-" if s["identities"] is None else s["identities"]
         cams = "-" if s["cameras"] is None else s["cameras"]
+        coverage = s.get("extra_attributes", {}).get("coverage", s["attribute_coverage"])
         lines.append(
-            f"{key:<8} {s['folder']:<20} {s['images']:>8} {ids:>6} {cams:>5} "
-            f"{s['attribute_coverage']:>6.0%}"
+            f"{key:<8} {s['folder']:<20} {s['images']:>8} {ids:>6} {cams:>5} {coverage:>6.0%}"
         )
     return "\n".join(lines)
