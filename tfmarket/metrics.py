@@ -44,7 +44,7 @@ DEFAULT_CHUNK = 256
 # --------------------------------------------------------------------------------------
 
 
-def _same_camera(q_cams: np.ndarray, g_cams: np.ndarray) -> np.ndarray:
+def same_camera(q_cams: np.ndarray, g_cams: np.ndarray) -> np.ndarray:
     """Broadcast "same camera": a camera below 0 (-1 = unknown) is never the same camera."""
     return (g_cams == q_cams) & (q_cams >= 0) & (g_cams >= 0)
 
@@ -102,7 +102,7 @@ def per_query_metrics_from_order(
 
     ranked_ids = g_ids[order_rows]
     same_id = ranked_ids == q_ids[:, None]
-    same_cam = _same_camera(q_cams[:, None], g_cams[order_rows])
+    same_cam = same_camera(q_cams[:, None], g_cams[order_rows])
     keep = ~((same_id & same_cam) | (ranked_ids == JUNK_ID))
     match = same_id & keep
     # 1-based rank of every position among the kept gallery images (junk does not count).
@@ -203,7 +203,7 @@ def per_query_metrics(
     # argsort) and every match's rank is found by binary search, ties broken by gallery index
     # exactly as the stable argsort of per_query_metrics_from_order breaks them.
     same_id = g_ids[None, :] == q_ids[:, None]
-    same_cam = _same_camera(q_cams[:, None], g_cams[None, :])
+    same_cam = same_camera(q_cams[:, None], g_cams[None, :])
     keep = ~((same_id & same_cam) | (g_ids == JUNK_ID)[None, :])
     match = same_id & keep
     kept_sorted = np.sort(np.where(keep, dist_rows, np.inf), axis=1)

@@ -356,6 +356,7 @@ def _attribute_text(row) -> str:
 
 
 def visualize(out, query, gallery, indices, q_columns, metrics, count: int) -> dict:
+    from tfmarket.metrics import same_camera
     from tfmarket.visualize import write_ranking_report
 
     correct = None
@@ -363,7 +364,8 @@ def visualize(out, query, gallery, indices, q_columns, metrics, count: int) -> d
         g_pids, g_cams = gallery.pids, gallery.cams
         safe = np.maximum(indices, 0)
         same = g_pids[safe] == query.pids[:, None]
-        ignored = (same & (g_cams[safe] == query.cams[:, None])) | (g_pids[safe] == -1)
+        # The metrics' rule: same identity from the same (known) camera, and junk, are ignored.
+        ignored = (same & same_camera(query.cams[:, None], g_cams[safe])) | (g_pids[safe] == -1)
         correct = np.where(ignored, -1, same.astype(int))
     return write_ranking_report(
         out, query.paths, gallery.paths, indices, correct=correct,
