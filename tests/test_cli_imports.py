@@ -25,7 +25,7 @@ def test_import_tfmarket_does_not_import_tensorflow():
 
 @pytest.mark.parametrize("module", ["tfmarket.data", "tfmarket.train", "tfmarket.export",
                                     "tfmarket.gallery", "tfmarket.calibrate",
-                                    "tfmarket.rank"])
+                                    "tfmarket.rank", "tfmarket.adapt"])
 def test_help_does_not_import_tensorflow(module):
     proc = subprocess.run([sys.executable, "-c", CHECK.format(module=module)],
                           capture_output=True, text=True)

@@ -45,18 +45,22 @@ class EpochProgress(keras.callbacks.Callback):
     Keras's epoch line of ~40 metrics; every metric still goes to TensorBoard and history.csv.
 
     On a terminal the line is redrawn in place; in a log file one line per epoch is written.
+    ``prefix`` and ``epoch_offset`` label a part of a longer run: ``tfmarket.adapt``'s rounds
+    show ``round 2/4 epoch 1/2`` for Keras's epoch 3 of 4.
     """
 
-    def __init__(self, batch_size: int, stream=None):
+    def __init__(self, batch_size: int, stream=None, prefix: str = "", epoch_offset: int = 0):
         super().__init__()
         self.batch_size = batch_size
         self.stream = stream
+        self.prefix, self.epoch_offset = prefix, epoch_offset
 
     def on_epoch_begin(self, epoch, logs=None):
         from tfmarket.console import Progress
 
+        first, epochs = epoch + 1 - self.epoch_offset, self.params.get("epochs", 0)
         self.progress = Progress(self.params["steps"],
-                                 f"epoch {epoch + 1}/{self.params.get('epochs', 0)}",
+                                 f"{self.prefix}epoch {first}/{epochs - self.epoch_offset}",
                                  unit="steps", rate_unit="images/s",
                                  rate_scale=self.batch_size, stream=self.stream)
 

@@ -126,6 +126,9 @@ class AdaptConfig:
     # The crops include the source dataset's own test/query images: results on them are
     # transductive (the model has seen those images, without labels, while adapting).
     transductive: bool = False
+    # The source run's validation images were among the crops (adapt --with-validation-images):
+    # its validation scores are then the transductive proxy, not an inductive estimate.
+    validation_in_crops: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,9 @@ Two implementations of the same algorithm:
 * :func:`k_reciprocal_rerank`: memory-bounded, from L2-normalised embeddings. It never forms
   the (N+M) x (N+M) matrix: neighbour lists are computed chunk by chunk, the encodings ``V``
   are scipy CSR matrices, and Jaccard distances are computed only for the query rows.
+* :func:`k_reciprocal_neighbours`: the same distances among one set of samples (every sample
+  is both query and gallery), kept only where they are small: the sparse radius graph that
+  ``tfmarket.cluster.dbscan`` clusters (``tfmarket.adapt``'s pseudo-labels).
 
 Distance definition (identical in both, so they agree to float32 rounding):
 
@@ -183,76 +186,181 @@ def k_reciprocal_rerank(
             f"embeddings must be [N, D] and [M, D] with the same D, got {q.shape} and {g.shape}"
         )
     _check_params(k1, k2, lambda_value)
-    n, m = len(q), len(g)
-    total = n + m
+    n = len(q)
     x = np.concatenate([q, g], axis=0)
-    x_t = np.ascontiguousarray(x.T)
-    chunk_size = max(1, int(chunk_size))
-    kk = min(k1 + 1, total)
-    hh = min(_half(k1) + 1, total)
-    k2 = min(k2, total) if k2 != 1 else 1
-    width = max(kk, k2)
-
-    # Pass 1: row maxima, neighbour lists, and the original (normalised) query-gallery block.
-    neighbors = np.empty((total, width), dtype=np.int64)
-    row_max = np.empty(total, dtype=np.float32)
-    out = np.empty((n, m), dtype=np.float32)
-    for s in range(0, total, chunk_size):
-        d = 2.0 - 2.0 * (x[s:s + chunk_size] @ x_t)
-        np.maximum(d, 0.0, out=d)
-        mx = _row_normaliser(d.max(axis=1))
-        d /= mx[:, None]
-        row_max[s:s + chunk_size] = mx
-        neighbors[s:s + chunk_size] = topk_from_distances(d, width)[0]
-        if s < n:
-            stop = min(s + chunk_size, n)
-            out[s:stop] = d[:stop - s, n:]
-
-    # Pass 2: sparse k-reciprocal encodings V (rows sum to 1).
-    half_mask = np.empty((total, hh), dtype=bool)
-    for s in range(0, total, chunk_size):
-        rows = np.arange(s, min(s + chunk_size, total))
-        half_mask[rows] = _reciprocal_mask(neighbors, rows, hh)
-    pair_rows, pair_cols = [], []
-    for s in range(0, total, chunk_size):
-        rows = np.arange(s, min(s + chunk_size, total))
-        r, c = _expansion_pairs(neighbors, half_mask, rows, kk, hh)
-        pair_rows.append(r)
-        pair_cols.append(c)
-    rows = np.concatenate(pair_rows)
-    cols = np.concatenate(pair_cols)
-    weight = np.empty(len(rows), dtype=np.float32)
-    for s in range(0, len(rows), _PAIR_BATCH):
-        r, c = rows[s:s + _PAIR_BATCH], cols[s:s + _PAIR_BATCH]
-        d = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", x[r], x[c]), 0.0) / row_max[r]
-        weight[s:s + _PAIR_BATCH] = np.exp(-d)
-    weight /= np.bincount(rows, weights=weight, minlength=total).astype(np.float32)[rows]
-    v = sp.csr_matrix((weight, (rows, cols)), shape=(total, total), dtype=np.float32)
-
-    if k2 != 1:
-        # Local query expansion: each encoding becomes the mean of its k2 nearest encodings.
-        avg = sp.csr_matrix(
-            (
-                np.full(total * k2, 1.0 / k2, dtype=np.float32),
-                neighbors[:, :k2].reshape(-1),
-                np.arange(0, total * k2 + 1, k2),
-            ),
-            shape=(total, total),
-        )
-        v = (avg @ v).tocsr()
-    v.sort_indices()
-    v_csc = v.tocsc()
-
-    # Pass 3: Jaccard distance of each query to the gallery, through V's columns (the
-    # inverted index of the paper): only samples sharing a non-zero with the query contribute.
+    encoding = _KReciprocalEncoding(x, k1, k2, max(1, int(chunk_size)), block_rows=n)
+    out = encoding.block  # the original (normalised) query-gallery distances, [N, M]
+    # Pass 3: Jaccard distance of each query to the gallery.
     for i in range(n):
+        inter = encoding.intersections(i)[n:]
+        jaccard = 1.0 - inter / (2.0 - inter)
+        out[i] = (1 - lambda_value) * jaccard + lambda_value * out[i]
+    return out
+
+
+class _KReciprocalEncoding:
+    """Passes 1 and 2 of the bounded re-ranking over one set of samples ``x`` [T, D].
+
+    Attributes:
+        row_max: float32 [T], each sample's largest squared distance (the row normaliser).
+        block: float32 [block_rows, T - block_rows], the normalised distances of the first
+            ``block_rows`` samples to the others (the query-gallery block; empty when 0).
+        v, v_csc: the k-reciprocal encodings V [T, T] (rows sum to 1), CSR and CSC.
+    """
+
+    def __init__(self, x: np.ndarray, k1: int, k2: int, chunk_size: int, block_rows: int = 0):
+        self.x = x
+        total = len(x)
+        self.total = total
+        kk = min(k1 + 1, total)
+        hh = min(_half(k1) + 1, total)
+        k2 = min(k2, total) if k2 != 1 else 1
+        width = max(kk, k2)
+        x_t = np.ascontiguousarray(x.T)
+        n = block_rows
+
+        # Pass 1: row maxima, neighbour lists, and the original (normalised) first-rows block.
+        neighbors = np.empty((total, width), dtype=np.int64)
+        row_max = np.empty(total, dtype=np.float32)
+        out = np.empty((n, total - n), dtype=np.float32)
+        for s in range(0, total, chunk_size):
+            d = 2.0 - 2.0 * (x[s:s + chunk_size] @ x_t)
+            np.maximum(d, 0.0, out=d)
+            mx = _row_normaliser(d.max(axis=1))
+            d /= mx[:, None]
+            row_max[s:s + chunk_size] = mx
+            neighbors[s:s + chunk_size] = topk_from_distances(d, width)[0]
+            if s < n:
+                stop = min(s + chunk_size, n)
+                out[s:stop] = d[:stop - s, n:]
+        self.row_max, self.block = row_max, out
+
+        # Pass 2: sparse k-reciprocal encodings V (rows sum to 1).
+        half_mask = np.empty((total, hh), dtype=bool)
+        for s in range(0, total, chunk_size):
+            rows = np.arange(s, min(s + chunk_size, total))
+            half_mask[rows] = _reciprocal_mask(neighbors, rows, hh)
+        pair_rows, pair_cols = [], []
+        for s in range(0, total, chunk_size):
+            rows = np.arange(s, min(s + chunk_size, total))
+            r, c = _expansion_pairs(neighbors, half_mask, rows, kk, hh)
+            pair_rows.append(r)
+            pair_cols.append(c)
+        rows = np.concatenate(pair_rows)
+        cols = np.concatenate(pair_cols)
+        weight = np.empty(len(rows), dtype=np.float32)
+        for s in range(0, len(rows), _PAIR_BATCH):
+            r, c = rows[s:s + _PAIR_BATCH], cols[s:s + _PAIR_BATCH]
+            d = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", x[r], x[c]), 0.0) / row_max[r]
+            weight[s:s + _PAIR_BATCH] = np.exp(-d)
+        weight /= np.bincount(rows, weights=weight, minlength=total).astype(np.float32)[rows]
+        v = sp.csr_matrix((weight, (rows, cols)), shape=(total, total), dtype=np.float32)
+
+        if k2 != 1:
+            # Local query expansion: each encoding becomes the mean of its k2 nearest encodings.
+            avg = sp.csr_matrix(
+                (
+                    np.full(total * k2, 1.0 / k2, dtype=np.float32),
+                    neighbors[:, :k2].reshape(-1),
+                    np.arange(0, total * k2 + 1, k2),
+                ),
+                shape=(total, total),
+            )
+            v = (avg @ v).tocsr()
+        v.sort_indices()
+        self.v, self.v_csc = v, v.tocsc()
+
+    def intersections(self, i: int) -> np.ndarray:
+        """float64 [T]: sum over k of min(V[i, k], V[j, k]) for every sample j.
+
+        Through V's columns (the inverted index of the paper): only samples sharing a non-zero
+        with sample i contribute, so a row costs its neighbourhood, not T x T.
+        """
+        v, v_csc = self.v, self.v_csc
         lo, hi = v.indptr[i], v.indptr[i + 1]
         support, values = v.indices[lo:hi], v.data[lo:hi]
         starts = v_csc.indptr[support]
         lengths = v_csc.indptr[support + 1] - starts
         pos = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
         mins = np.minimum(v_csc.data[pos], np.repeat(values, lengths))
-        inter = np.bincount(v_csc.indices[pos], weights=mins, minlength=total)[n:]
-        jaccard = 1.0 - inter / (2.0 - inter)
-        out[i] = (1 - lambda_value) * jaccard + lambda_value * out[i]
-    return out
+        return np.bincount(v_csc.indices[pos], weights=mins, minlength=self.total)
+
+
+def k_reciprocal_neighbours(
+    embeddings: np.ndarray,
+    max_distance: float,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.0,
+    chunk_size: int = 512,
+) -> sp.csr_matrix:
+    """All-pairs k-reciprocal distances within one set, kept where they are small (clustering).
+
+    The distance of samples i and j is ``(1 - lambda) * jaccard(i, j) + lambda * d~(i, j)``,
+    as in :func:`k_reciprocal_rerank` with the set as both query and gallery, except that the
+    original distance is made symmetric, ``d~(i, j) = d(i, j) (1/max_i + 1/max_j) / 2``
+    (each row normalised by its own maximum, then averaged over the two directions), so the
+    result is a symmetric distance, as DBSCAN needs. ``lambda_value = 0`` (pure Jaccard) is
+    what SpCL and Cluster Contrast cluster on.
+
+    Only pairs whose distance is at most ``max_distance`` are stored: a sparse radius graph,
+    never the [N, N] matrix (22k crops would take 1.9 GB dense). Pairs that share no
+    k-reciprocal neighbour have Jaccard distance 1, so ``max_distance < 1 - lambda_value`` is
+    required: then every stored pair shares a neighbour and is found through the inverted
+    index.
+
+    Args:
+        embeddings: float32 [N, D], L2-normalised.
+        max_distance: keep pairs with distance <= this (e.g. DBSCAN's eps).
+        k1, k2, lambda_value: as in :func:`k_reciprocal_rerank_dense`.
+        chunk_size: rows whose distances are computed at a time.
+
+    Returns:
+        float32 CSR [N, N], symmetric, holding every pair within ``max_distance`` including
+        the diagonal (distance 0, stored explicitly): stored entries are the neighbourhoods.
+    """
+    x = np.asarray(embeddings, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be [N, D], got {x.shape}")
+    _check_params(k1, k2, lambda_value)
+    if not 0.0 <= max_distance < 1.0 - lambda_value:
+        raise ValueError(f"max_distance must be in [0, 1 - lambda_value) = [0, "
+                         f"{1.0 - lambda_value:g}), got {max_distance}")
+    rows, cols, vals = [], [], []
+    for start, dist in k_reciprocal_distance_rows(x, k1, k2, lambda_value, chunk_size):
+        r, c = np.nonzero(dist <= max_distance)
+        rows.append(r + start)
+        cols.append(c)
+        vals.append(dist[r, c])
+    n = len(x)
+    graph = sp.csr_matrix(
+        (np.concatenate(vals) if vals else np.zeros(0, np.float32),
+         (np.concatenate(rows) if rows else np.zeros(0, np.int64),
+          np.concatenate(cols) if cols else np.zeros(0, np.int64))),
+        shape=(n, n), dtype=np.float32)
+    graph.sort_indices()
+    return graph
+
+
+def k_reciprocal_distance_rows(embeddings: np.ndarray, k1: int = 20, k2: int = 6,
+                               lambda_value: float = 0.0, chunk_size: int = 512):
+    """Yields the all-pairs distances of :func:`k_reciprocal_neighbours`, a block of rows at a
+    time: (first row, float32 [c, N]) with c <= ``chunk_size``. For statistics over every pair
+    (e.g. an eps from a quantile) without holding [N, N]."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    _check_params(k1, k2, lambda_value)
+    n = len(x)
+    chunk_size = max(1, int(chunk_size))
+    encoding = _KReciprocalEncoding(x, k1, k2, chunk_size)
+    inv_max = 1.0 / encoding.row_max
+    for s in range(0, n, chunk_size):
+        stop = min(s + chunk_size, n)
+        block = np.empty((stop - s, n), dtype=np.float32)
+        for i in range(s, stop):
+            inter = encoding.intersections(i)
+            block[i - s] = 1.0 - inter / (2.0 - inter)
+        if lambda_value:
+            d = np.maximum(2.0 - 2.0 * (x[s:stop] @ x.T), 0.0)
+            d *= (inv_max[s:stop, None] + inv_max[None, :]) / 2
+            block = (1 - lambda_value) * block + lambda_value * d
+        yield s, block

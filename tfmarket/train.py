@@ -411,8 +411,11 @@ def _callbacks(paths: RunPaths, throughput: Throughput, validation: ValidationCa
 
 
 def _fit(model, inputs, callbacks: list, epochs: int, steps_per_epoch: int, *,
-         lost_worker_backup: Path | None) -> FitResult:
+         lost_worker_backup: Path | None, initial_epoch: int = 0) -> FitResult:
     """``model.fit`` on the distributed ``inputs``; stops with one clear line on a NaN loss.
+
+    ``epochs`` is the index to stop at, ``initial_epoch`` the one to start from (Keras's
+    meaning; ``tfmarket.adapt`` numbers the epochs of all its rounds in one sequence).
 
     ``lost_worker_backup`` is the backup folder of a multi-worker job: a lost worker then ends
     the run with one line naming it and the epoch to resume from. None for a single-host run,
@@ -429,13 +432,14 @@ def _fit(model, inputs, callbacks: list, epochs: int, steps_per_epoch: int, *,
     try:
         with harmless_warnings_ignored(HARMLESS_FIT_WARNINGS):
             history = model.fit(inputs, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                callbacks=callbacks, verbose=verbose)
+                                callbacks=callbacks, verbose=verbose,
+                                initial_epoch=initial_epoch)
     except (tf.errors.UnavailableError, tf.errors.AbortedError) as exc:
         if lost_worker_backup is None:
             raise
         raise TfmarketError(lost_worker_message(exc.message, lost_worker_backup)) from None
     seconds = time.time() - start
-    if not np.isfinite(history.history.get("loss", [0.0])[-1]):
+    if not np.isfinite((history.history.get("loss") or [0.0])[-1]):
         raise TfmarketError("training stopped: the loss became NaN (see history.csv)")
     return FitResult(logs=history.history, seconds=seconds)
 
