@@ -16,7 +16,8 @@ batch 1 and 64 (``--batches``). Rows:
   (``tfmarket.quantize.quantize_dynamic_int8``; what ``export --int8`` wrote until 2026-12-03).
 * ``ort-int8-static``: QDQ, per-channel, calibrated on ``--calibration-images`` (200) real
   training crops, by ``tfmarket.quantize.quantize_static_int8``, as ``export --int8`` now
-  writes ``model.int8.onnx``.
+  writes ``model.int8.onnx``. ``ort-int8-static-u8``: the same with uint8 activations (U8S8,
+  the operand layout of x86's VNNI int8 dot products) instead of int8 (S8S8).
   Where that function cannot be imported the row is left out and the reason printed.
 * ``keras``: :func:`tfmarket.model.build_inference_model` (the graph export writes), called
   with ``predict_on_batch`` (Keras's compiled predict function; ``__call__`` runs eagerly).
@@ -96,11 +97,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 NUM_IDS = 751  # Market-1501 training identities (the random-init models' ID head)
-ROWS = ("ort-fp32", "ort-int8-dynamic", "ort-int8-static", "keras", "savedmodel",
-        "torch-fp32", "torch-bf16")
+ROWS = ("ort-fp32", "ort-int8-dynamic", "ort-int8-static", "ort-int8-static-u8", "keras",
+        "savedmodel", "torch-fp32", "torch-bf16")
 ONNX_FILES = {"ort-fp32": "model.onnx", "ort-int8-dynamic": "model.int8.onnx",
-              "ort-int8-static": "model.int8-static.onnx"}
-INT8_ROWS = ("ort-int8-dynamic", "ort-int8-static")
+              "ort-int8-static": "model.int8-static.onnx",
+              "ort-int8-static-u8": "model.int8-static-u8.onnx"}
+INT8_ROWS = ("ort-int8-dynamic", "ort-int8-static", "ort-int8-static-u8")
 REFERENCE = "ort-fp32"
 TORCH_HINT = ("torch rows skipped: torch/torchvision not importable ({error}); install with "
               ".venv/bin/pip install torch==2.14.1 torchvision==0.29.1")
@@ -295,7 +297,8 @@ def torch_runner(spec: dict):
 
 
 RUNNERS = {"ort-fp32": ort_runner, "ort-int8-dynamic": ort_runner,
-           "ort-int8-static": ort_runner, "keras": keras_runner,
+           "ort-int8-static": ort_runner, "ort-int8-static-u8": ort_runner,
+           "keras": keras_runner,
            "savedmodel": savedmodel_runner, "torch-fp32": torch_runner,
            "torch-bf16": torch_runner}
 
@@ -456,7 +459,9 @@ def prepare_size(height: int, width: int, source: str, args, paths: list[str],
                     notes.append(f"{size}: ort-int8-static skipped: "
                                  f"tfmarket.quantize.quantize_static_int8 not importable ({exc})")
                     continue
-                out = Path(quantize_static_int8(fp32, out, calibration))
+                out = Path(quantize_static_int8(
+                    fp32, out, calibration,
+                    activations="uint8" if row == "ort-int8-static-u8" else "int8"))
         except Exception as exc:  # noqa: BLE001 - reported, the other rows still run
             notes.append(f"{size}: {row} skipped: quantisation failed: "
                          f"{type(exc).__name__}: {exc}")
@@ -464,7 +469,7 @@ def prepare_size(height: int, width: int, source: str, args, paths: list[str],
         prepared["models"][row] = str(out)
         prepared["quantize_seconds"][row] = time.perf_counter() - start
         print(f"  {size}: {row}: quantised in {time.perf_counter() - start:.1f} s"
-              + (f" ({len(calibration)} calibration crops)" if row == "ort-int8-static" else ""),
+              + (f" ({len(calibration)} calibration crops)" if "static" in row else ""),
               flush=True)
     prepared["calibration_images"] = len(calibration)
     return prepared

@@ -66,3 +66,25 @@ def test_rank_serves_the_int8_model_as_it_serves_the_float_one(exported, course_
     a = np.load(tmp_path / "model.onnx" / "embeddings.npz")["gallery_embedding"]
     b = np.load(tmp_path / "model.int8.onnx" / "embeddings.npz")["gallery_embedding"]
     assert np.median(np.sum(a * b, axis=1)) > 0.9
+
+
+def test_static_int8_with_uint8_activations(exported, course_synth, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from tfmarket.preprocess import load_images_numpy
+    from tfmarket.quantize import quantize_static_int8
+
+    out, _, config = exported
+    crops = sorted((course_synth / "train").iterdir())[:16]
+    calibration = load_images_numpy(crops, config.data.height, config.data.width)
+    target = quantize_static_int8(out / "model.onnx", tmp_path / "u8.onnx", calibration,
+                                  activations="uint8")
+    graph = onnx.load(str(target)).graph
+    initial = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    zero_points = [initial[n.input[2]] for n in graph.node
+                   if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in initial]
+    assert zero_points and all(z.dtype == np.uint8 for z in zero_points)
+    with pytest.raises(TfmarketError, match="activations"):
+        quantize_static_int8(out / "model.onnx", tmp_path / "x.onnx", calibration,
+                             activations="int4")

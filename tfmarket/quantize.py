@@ -49,7 +49,7 @@ class _Batches:
 
 def quantize_static_int8(onnx_path: str | Path, out_path: str | Path,
                          calibration_images: np.ndarray, *, batch: int = 32,
-                         per_channel: bool = True) -> Path:
+                         per_channel: bool = True, activations: str = "int8") -> Path:
     """Static int8, QDQ format, per-channel weights, activation ranges from real crops.
 
     Args:
@@ -57,6 +57,8 @@ def quantize_static_int8(onnx_path: str | Path, out_path: str | Path,
         calibration_images: uint8 [N, H, W, 3], e.g. ~200 training crops decoded with
             :func:`tfmarket.preprocess.load_images_numpy` (the same preprocessing as serving).
         batch: images per calibration run.
+        activations: ``"int8"`` (S8S8 with the int8 weights, onnxruntime's default for QDQ) or
+            ``"uint8"`` (U8S8: the layout x86's VNNI / AVX-512 int8 dot products take natively).
 
     Returns:
         ``out_path``. The model is first shape-inferred (ONNX's inference, not the
@@ -71,6 +73,8 @@ def quantize_static_int8(onnx_path: str | Path, out_path: str | Path,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if activations not in ("int8", "uint8"):
+        raise TfmarketError(f"activations must be 'int8' or 'uint8', got {activations!r}")
     images = np.asarray(calibration_images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or not len(images):
         raise TfmarketError(
@@ -84,7 +88,8 @@ def quantize_static_int8(onnx_path: str | Path, out_path: str | Path,
         quantize_static(
             str(prepared), str(out_path), _Batches(images, batch),
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             calibration_cache_path=None,
         )
