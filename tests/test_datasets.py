@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import write_jpeg
 
+from tfmarket.attributes import DUKE
 from tfmarket.config import CHOICES, load_config
 from tfmarket.data.__main__ import main as data_cli
 from tfmarket.data.cuhk03 import extract_cuhk03
@@ -53,17 +54,20 @@ def test_duke_counts_cameras_and_attributes_by_name(tmp_path):
     assert ds.layout == "dukemtmcreid" and detect_layout(tmp_path / "duke") == "dukemtmcreid"
     assert_counts(ds, info)
     assert set(np.unique(ds.train.cams)) <= set(range(1, 9))
-    assert not ds.train.attributes.any(), "no Market-1501 attributes: all unknown"
-    assert ds.train.attribute_names == DUKE_ATTRIBUTES
+    assert ds.schema == DUKE and ds.train.attributes.shape == (len(ds.train), 23)
+    assert ds.train.attribute_names == DUKE_ATTRIBUTES == DUKE.columns
     for records, split in ((ds.train, "train"), (ds.query, "test"), (ds.gallery, "test")):
-        for pid, row in zip(records.pids, records.extra_attributes, strict=True):
+        assert records.schema == DUKE
+        for pid, row in zip(records.pids, records.attributes, strict=True):
             expected = info["tables"][split].get(int(pid), np.zeros(len(DUKE_ATTRIBUTES)))
             np.testing.assert_array_equal(row, expected)
+    assert ds.train.has_attributes.all()
     distractor = ds.gallery.pids == 4000  # gallery-only identity, not in the attribute file
-    assert distractor.any() and not ds.gallery.extra_attributes[distractor].any()
-    # subset() keeps the extra attributes aligned
+    assert distractor.any() and not ds.gallery.has_attributes[distractor].any()
+    # subset() keeps the attributes and the schema
     part = ds.train.subset(np.array([2, 0]))
-    np.testing.assert_array_equal(part.extra_attributes, ds.train.extra_attributes[[2, 0]])
+    np.testing.assert_array_equal(part.attributes, ds.train.attributes[[2, 0]])
+    assert part.schema == DUKE
 
 
 def test_duke_attribute_mat_train_and_test_orders_differ(tmp_path):
@@ -77,7 +81,8 @@ def test_duke_attribute_mat_train_and_test_orders_differ(tmp_path):
 def test_duke_without_attribute_file(tmp_path):
     write_duke(tmp_path / "duke", attributes=False)
     ds = load_dataset(tmp_path / "duke", "dukemtmcreid")
-    assert ds.train.extra_attributes is None and ds.train.attribute_names == ()
+    assert ds.schema == DUKE and not ds.train.has_attributes.any()
+    assert ds.train.attributes.shape == (len(ds.train), 23) and not ds.train.attributes.any()
 
 
 def test_duke_attribute_file_without_a_field(tmp_path):

@@ -239,3 +239,31 @@ def test_course_without_queries(tmp_path, own_tempdir):
     shutil.rmtree(manual / "queries")
     builder = tfds_builder.build(manual, tmp_path / "data", config="course")
     assert set(builder.info.splits) == {"train", "test"}
+
+
+@pytest.mark.parametrize("config", ["dukemtmcreid", "msmt17"])
+def test_reid_crops_configs_match_load_dataset(tmp_path, own_tempdir, config):
+    """``reid_crops``: the other datasets' readers, with their own attribute schema."""
+    from tfmarket.attributes import schema_for_layout
+    from tfmarket.data.synthetic_formats import write_duke, write_msmt17
+
+    manual = tmp_path / "src"
+    if config == "dukemtmcreid":
+        write_duke(manual)
+    else:
+        write_msmt17(manual, version="V2")
+    builder = tfds_builder.build(manual, tmp_path / "data", config=config)
+    reference = load_dataset(manual, layout=config)
+    schema = schema_for_layout(reference.layout)
+    assert builder.info.metadata["attribute_schema"] == schema.to_dict()
+    assert ("attributes" in builder.info.features) == bool(schema.columns)
+    assert set(builder.info.splits) == {"train", "query", "gallery"}
+    for split in ("train", "query", "gallery"):
+        records = getattr(reference, split)
+        examples = list(builder.as_dataset(split=split).as_numpy_iterator())
+        assert [e["file_name"].decode() for e in examples] == [Path(p).name for p in records.paths]
+        np.testing.assert_array_equal([e["id"] for e in examples], records.pids)
+        np.testing.assert_array_equal([e["camera"] for e in examples], records.cams)
+        if schema.columns:
+            np.testing.assert_array_equal(np.stack([e["attributes"] for e in examples]),
+                                          records.attributes)

@@ -476,6 +476,7 @@ class _Adaptation:
 
     def run(self) -> dict:
         from tfmarket.config import save_config
+        from tfmarket.train import save_schema
 
         plan, a = self.plan, self.a
         self._announce()
@@ -492,9 +493,11 @@ class _Adaptation:
                      "source_validation": source_validation, "pending": None}
             self._start_round(state, 1, clusters)
             save_config(self.config, self.workdir / "config.yaml")
+            save_schema(plan.data.schema, self.workdir)
             self._log_round(0, None, source_validation)
         else:  # the same settings, or clustering settings changed for the rounds to come
             save_config(self.config, self.workdir / "config.yaml")
+            save_schema(plan.data.schema, self.workdir)
         if state["rounds_done"]:
             print(f"resuming after round {state['rounds_done']}/{a.rounds}", flush=True)
         for r in range(state["rounds_done"] + 1, a.rounds + 1):
@@ -569,7 +572,8 @@ class _Adaptation:
             warmup_epochs=0, schedule="constant", decay_epochs=()))
         num_clusters = len(clusters["centroids"])
         model = _compiled_model(round_config, self.strategy, self.num_labelled + num_clusters,
-                                self.plan.data.targets, a.steps_per_epoch)
+                                self.plan.data.targets, a.steps_per_epoch,
+                                schema=self.plan.data.schema)
         for layer in model.layers:
             if not layer.weights:
                 continue
@@ -732,7 +736,6 @@ class _Adaptation:
         import numpy as np
         import tensorflow as tf
 
-        from tfmarket.attributes import HEADS
         from tfmarket.data.market1501 import Records
         from tfmarket.train import TrainingData, _make_dataset_fn
 
@@ -741,12 +744,13 @@ class _Adaptation:
         n = len(keep)
         crops = Records([self.plan.crops[i] for i in keep], labels[keep] + self.num_labelled,
                         np.full(n, -1), np.zeros((n, data.records.attributes.shape[1]),
-                                                 np.int64), labelled=False)
+                                                 np.int64), labelled=False,
+                        schema=data.schema)
         pseudo = TrainingData(
             records=crops, labels=crops.pids, identities=np.unique(crops.pids),
             # -1: no attribute target, so the attribute losses ignore pseudo-labelled images
-            targets={h: np.full(n, -1, np.int32) for h in HEADS},
-            val_query=data.val_query, val_gallery=data.val_gallery)
+            targets={h: np.full(n, -1, np.int32) for h in data.schema.head_sizes},
+            val_query=data.val_query, val_gallery=data.val_gallery, schema=data.schema)
         streams = []
         if batches.labelled_ids:
             streams.append(_make_dataset_fn(

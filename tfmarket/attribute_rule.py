@@ -19,6 +19,9 @@ Neighbours come from an exact search of the pool against itself (:func:`nearest_
 whose cost grows with the square of the pool: fine for Market-sized galleries (22k images:
 seconds), not for millions (use the plain rule there).
 
+Every function takes the model's attribute schema (``schema``, default Market-1501's
+:data:`tfmarket.attributes.MARKET`): its heads and the columns decisions are written in.
+
 Plain NumPy (plus :func:`tfmarket.search.cosine_topk`); no TensorFlow.
 """
 
@@ -32,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfmarket.attributes import HEADS, predicted_columns
+from tfmarket.attributes import MARKET, AttributeSchema
 from tfmarket.errors import TfmarketError
 
 RULE_FILE = "attribute_rule.json"  # written beside model.onnx by tfmarket.calibrate
@@ -58,8 +61,14 @@ class AttributeRule:
     def __post_init__(self):
         if self.neighbours < 1:
             raise TfmarketError(f"attribute rule: neighbours must be >= 1, got {self.neighbours}")
-        if self.prior_weight and set(self.priors) != set(HEADS):
-            missing = sorted(set(HEADS) - set(self.priors))
+        if self.prior_weight and not self.priors:
+            self.check_priors(())
+
+    def check_priors(self, heads) -> None:
+        """TfmarketError unless the rule has a prior for each of ``heads`` (when it needs
+        priors: ``prior_weight`` not 0)."""
+        missing = sorted(set(heads) - set(self.priors)) if self.priors else ["all"]
+        if self.prior_weight and missing:
             raise TfmarketError(f"attribute rule: prior_weight {self.prior_weight} needs class "
                                 f"priors for every head; missing {', '.join(missing)}")
 
@@ -74,14 +83,16 @@ class AttributeRule:
                 f"prior weight {self.prior_weight:g}")
 
 
-def class_priors(targets: Mapping[str, np.ndarray]) -> dict[str, list[float]]:
+def class_priors(targets: Mapping[str, np.ndarray],
+                 schema: AttributeSchema = MARKET) -> dict[str, list[float]]:
     """Training class frequencies per head, add-one smoothed (so every log is finite).
 
     Args:
         targets: head -> int [N] class index, -1 where unknown (``train.attribute_targets``).
+        schema: the heads.
     """
     priors = {}
-    for head, n_classes in HEADS.items():
+    for head, n_classes in schema.head_sizes.items():
         t = np.asarray(targets[head])
         t = t[t >= 0]
         counts = np.bincount(t, minlength=max(n_classes, 2)).astype(np.float64) + 1.0
@@ -89,10 +100,10 @@ def class_priors(targets: Mapping[str, np.ndarray]) -> dict[str, list[float]]:
     return priors
 
 
-def _as_class_probs(head: str, p: np.ndarray) -> np.ndarray:
+def _as_class_probs(n_classes: int, p: np.ndarray) -> np.ndarray:
     """[N, C] class probabilities; a sigmoid head's [N] or [N, 1] becomes [N, 2] (no, yes)."""
     p = np.asarray(p, dtype=np.float64)
-    if HEADS[head] == 1:
+    if n_classes == 1:
         yes = p.reshape(-1)
         return np.stack([1.0 - yes, yes], axis=1)
     return p
@@ -117,7 +128,8 @@ def nearest_neighbours(embeddings: np.ndarray, k: int,
 
 
 def decide(probs: Mapping[str, np.ndarray], rule: AttributeRule,
-           neighbours: np.ndarray | None = None) -> np.ndarray:
+           neighbours: np.ndarray | None = None,
+           schema: AttributeSchema = MARKET) -> np.ndarray:
     """Probabilities -> attribute columns under ``rule``.
 
     Args:
@@ -126,29 +138,34 @@ def decide(probs: Mapping[str, np.ndarray], rule: AttributeRule,
         neighbours: int [R, >= rule.neighbours] pool indices from :func:`nearest_neighbours`
             (needed when ``rule.neighbours > 1``; only the first ``rule.neighbours`` columns
             are used): decisions are made for those R images (all N when R = N).
+        schema: the model's attribute schema (its heads, the columns written).
 
     Returns:
-        int [N, 27] (int [R, 27] with ``neighbours``) in annotation encoding
-        (``tfmarket.attributes.COLUMNS``).
+        int [N, columns] (int [R, columns] with ``neighbours``) in annotation encoding
+        (Market-1501: [N, 27] in ``tfmarket.attributes.COLUMNS`` order).
     """
-    n = len(np.asarray(probs["age"]))
+    heads = schema.head_sizes
+    if not heads:
+        raise ValueError(f"the {schema.name} attribute schema has no heads: nothing to decide")
+    rule.check_priors(heads)
+    n = len(np.asarray(probs[next(iter(heads))]))
     k = min(rule.neighbours, n)  # a pool smaller than k: every image votes
     if k > 1 and (neighbours is None or neighbours.ndim != 2 or neighbours.shape[1] < k
                   or neighbours.max(initial=0) >= n):
         raise ValueError(f"rule averages {k} images; pass neighbours [rows, >= {k}] into the "
                          f"pool of {n} from nearest_neighbours")
     adjusted = {}
-    for head in HEADS:
-        p = _as_class_probs(head, probs[head])
+    for head, n_classes in heads.items():
+        p = _as_class_probs(n_classes, probs[head])
         if k > 1:
             p = p[neighbours[:, :k]].mean(axis=1)
         if rule.prior_weight:
             # argmax of log p_c + tau log pi_c, as probabilities: p_c pi_c^tau, renormalised
             p = p * np.asarray(rule.priors[head]) ** rule.prior_weight
             p = p / p.sum(axis=1, keepdims=True)
-        adjusted[head] = p[:, 1:] if HEADS[head] == 1 else p
+        adjusted[head] = p[:, 1:] if n_classes == 1 else p
     # The same per-image decision as everywhere else (sigmoid >= 0.5, softmax argmax).
-    return predicted_columns(adjusted)
+    return schema.predicted_columns(adjusted)
 
 
 def _summary(metrics: dict) -> dict:
@@ -158,13 +175,15 @@ def _summary(metrics: dict) -> dict:
 def evaluate_rules(probs: Mapping[str, np.ndarray], embeddings: np.ndarray,
                    truth: np.ndarray, priors: dict[str, list[float]],
                    neighbours_grid: Sequence[int] = NEIGHBOURS_GRID,
-                   prior_weight_grid: Sequence[float] = PRIOR_WEIGHT_GRID) -> list[dict]:
+                   prior_weight_grid: Sequence[float] = PRIOR_WEIGHT_GRID,
+                   schema: AttributeSchema = MARKET) -> list[dict]:
     """Attribute mA and mean accuracy of every (neighbours, prior_weight) pair on one pool.
 
     Args:
         probs: head -> probabilities of the N pool images.
         embeddings: float [N, D] embeddings of the same images.
-        truth: int [N, 27] annotation-encoded labels (0 = unknown, ignored).
+        truth: int [N, columns] annotation-encoded labels in ``schema``'s columns (0 = unknown,
+            ignored).
 
     Returns:
         [{"neighbours", "prior_weight", "mA", "mean_accuracy"}], grid order.
@@ -176,7 +195,8 @@ def evaluate_rules(probs: Mapping[str, np.ndarray], embeddings: np.ndarray,
     for k in neighbours_grid:
         for tau in prior_weight_grid:
             rule = AttributeRule(int(k), float(tau), priors)
-            scored = _summary(attribute_metrics(truth, decide(probs, rule, nearest)))
+            scored = _summary(attribute_metrics(truth, decide(probs, rule, nearest, schema),
+                                                schema.columns, schema.multiclass))
             rows.append({"neighbours": int(k), "prior_weight": float(tau), **scored})
     return rows
 
@@ -195,7 +215,7 @@ def pick(rows: list[dict], max_ma_drop: float) -> dict:
 def cross_validate(probs: Mapping[str, np.ndarray], embeddings: np.ndarray,
                    truth: np.ndarray, pids: np.ndarray, priors: dict[str, list[float]],
                    max_ma_drop: float, repeats: int = 5, seed: int = 0,
-                   **grid) -> dict:
+                   schema: AttributeSchema = MARKET, **grid) -> dict:
     """Honest estimate of choosing the rule on validation: split the identities in two
     halves, choose on one half, score on the other (both ways), ``repeats`` random splits.
 
@@ -219,15 +239,18 @@ def cross_validate(probs: Mapping[str, np.ndarray], embeddings: np.ndarray,
             a = np.flatnonzero(np.isin(pids, halves[choose_on]))
             b = np.flatnonzero(np.isin(pids, halves[score_on]))
             sub = {h: np.asarray(v)[a] for h, v in probs.items()}
-            chosen = pick(evaluate_rules(sub, embeddings[a], truth[a], priors, **grid),
-                          max_ma_drop)
+            chosen = pick(evaluate_rules(sub, embeddings[a], truth[a], priors, schema=schema,
+                                         **grid), max_ma_drop)
             rule = AttributeRule(chosen["neighbours"], chosen["prior_weight"], priors)
             held = {h: np.asarray(v)[b] for h, v in probs.items()}
             nearest = nearest_neighbours(embeddings[b], rule.neighbours)
+            columns = (schema.columns, schema.multiclass)
             folds.append({
                 "neighbours": rule.neighbours, "prior_weight": rule.prior_weight,
-                "chosen": _summary(attribute_metrics(truth[b], decide(held, rule, nearest))),
-                "plain": _summary(attribute_metrics(truth[b], decide(held, AttributeRule()))),
+                "chosen": _summary(attribute_metrics(
+                    truth[b], decide(held, rule, nearest, schema), *columns)),
+                "plain": _summary(attribute_metrics(
+                    truth[b], decide(held, AttributeRule(), schema=schema), *columns)),
             })
     mean = {which: {key: float(np.mean([f[which][key] for f in folds]))
                     for key in ("mA", "mean_accuracy")} for which in ("plain", "chosen")}

@@ -21,7 +21,8 @@ the validation queries, against the gallery plus the ``--distractors`` when give
 choice is made at the test gallery's size (``--no-retrieval`` skips it).
 Writes ``attribute_rule.json`` and ``retrieval.json`` beside the model, where
 ``python -m tfmarket.rank`` picks them up; pass ``--flip-test`` to rank too when they were
-chosen with it.
+chosen with it. The heads and columns are the model card's attribute schema (which must be the
+run's dataset's); a re-ID-only model (schema ``none``) gets a retrieval rule only.
 """
 
 from __future__ import annotations
@@ -100,7 +101,6 @@ def calibrate(args) -> dict:
         pick,
         save_rule,
     )
-    from tfmarket.attributes import HEADS
     from tfmarket.config import from_dict
     from tfmarket.embed import OnnxEmbedder
     from tfmarket.train import load_training_data
@@ -121,29 +121,45 @@ def calibrate(args) -> dict:
         config.data, validation="holdout")
     data = load_training_data(data_cfg, workdir)
     pool = [data.val_query, data.val_gallery]
-    known = np.concatenate([r.has_attributes for r in pool])
-    if known.sum() == 0:
-        raise TfmarketError(f"{workdir}: the validation identities have no attribute labels")
     embedder = OnnxEmbedder(model, threads=args.threads, flip_test=args.flip_test)
+    schema = embedder.schema
+    if schema != data.schema:
+        raise TfmarketError(
+            f"{model}: its attribute heads are the {schema.name} schema's, the run's dataset "
+            f"has the {data.schema.name} schema; was it exported from {workdir}?")
+    known = np.concatenate([r.has_attributes for r in pool])
+    if schema.heads and known.sum() == 0:
+        raise TfmarketError(f"{workdir}: the validation identities have no attribute labels")
     outputs = [embedder.embed_files(r.paths, progress=f"embedding {len(r)} validation images")
                for r in pool]
-    probs = {h: np.concatenate([o[h] for o in outputs])[known] for h in HEADS}
+    reid, with_distractors, distractor_out = validation_reid(
+        embedder, outputs, data.val_query, data.val_gallery, args.distractors)
+    if not schema.heads:
+        result = {"chosen_on": {"workdir": str(workdir), "model": str(model),
+                                "flip_test": args.flip_test},
+                  "validation": {"reid": reid, "reid_with_distractors": with_distractors},
+                  "attributes": "none: the model has no attribute heads (re-ID only); no "
+                                "attribute rule was chosen"}
+        if not args.no_retrieval:
+            result["retrieval"] = choose_retrieval(model.parent, outputs, data.val_query,
+                                                   data.val_gallery, distractor_out, {})
+        return result
+    probs = {h: np.concatenate([o[h] for o in outputs])[known] for h in schema.head_sizes}
     embeddings = np.concatenate([o["embedding"] for o in outputs])[known]
     truth = np.concatenate([r.attributes for r in pool])[known]
     pids = np.concatenate([r.pids for r in pool])[known]
-    priors = class_priors(data.targets)
+    priors = class_priors(data.targets, schema)
     grid = {"neighbours_grid": tuple(int(k) for k in args.neighbours or NEIGHBOURS_GRID),
             "prior_weight_grid": args.prior_weights or PRIOR_WEIGHT_GRID}
     if 1 not in grid["neighbours_grid"] or 0 not in grid["prior_weight_grid"]:
         raise TfmarketError("the grids must include neighbours 1 and prior weight 0 "
                             "(the plain rule every choice is compared with)")
 
-    reid, with_distractors, distractor_out = validation_reid(
-        embedder, outputs, data.val_query, data.val_gallery, args.distractors)
-    rows = evaluate_rules(probs, embeddings, truth, priors, **grid)
+    rows = evaluate_rules(probs, embeddings, truth, priors, schema=schema, **grid)
     chosen = pick(rows, args.max_ma_drop)
     plain = next(r for r in rows if r["neighbours"] == 1 and r["prior_weight"] == 0)
-    cv = cross_validate(probs, embeddings, truth, pids, priors, args.max_ma_drop, **grid)
+    cv = cross_validate(probs, embeddings, truth, pids, priors, args.max_ma_drop,
+                        schema=schema, **grid)
     rule = AttributeRule(chosen["neighbours"], chosen["prior_weight"], priors)
     report = {
         "chosen_on": {"workdir": str(workdir), "model": str(model), "flip_test": args.flip_test,
@@ -162,16 +178,17 @@ def calibrate(args) -> dict:
     result = {**report, "rule": rule.describe(), "file": str(path), "folds": cv["folds"]}
     if not args.no_retrieval:
         result["retrieval"] = choose_retrieval(model.parent, outputs, data.val_query,
-                                               data.val_gallery, distractor_out)
+                                               data.val_gallery, distractor_out,
+                                               schema.head_sizes)
     return result
 
 
 def choose_retrieval(folder: Path, outputs: list[dict], query, gallery,
-                     distractor_out: dict | None) -> dict:
-    """Chooses and writes ``retrieval.json`` into ``folder``; returns its report."""
+                     distractor_out: dict | None, heads: dict[str, int]) -> dict:
+    """Chooses and writes ``retrieval.json`` into ``folder``; returns its report. ``heads``:
+    the model's attribute heads (head -> output width; {} for a re-ID-only model)."""
     import numpy as np
 
-    from tfmarket.attributes import HEADS
     from tfmarket.retrieval import RULE_FILE, choose_rule, save_rule
 
     q_out, g_out = outputs
@@ -181,7 +198,7 @@ def choose_retrieval(folder: Path, outputs: list[dict], query, gallery,
         g_out = {key: np.concatenate([g_out[key], distractor_out[key]]) for key in g_out}
         g_pids = np.concatenate([g_pids, np.zeros(n, np.int64)])
         g_cams = np.concatenate([g_cams, np.full(n, -1, np.int64)])
-    rule, rows = choose_rule(q_out, g_out, query.pids, g_pids, query.cams, g_cams, HEADS,
+    rule, rows = choose_rule(q_out, g_out, query.pids, g_pids, query.cams, g_cams, heads,
                              progress=lambda what: print(f"retrieval: scoring {what}",
                                                          file=sys.stderr, flush=True))
     plain = rows[0]
@@ -241,6 +258,16 @@ def _reid_scores(q_emb, g_emb, q_pids, g_pids, q_cams, g_cams) -> dict:
 
 def format_report(report: dict) -> str:
     """The grid as a table, then the choice and its cross-validated estimate."""
+    if "grid" not in report:  # a re-ID-only model: no attribute rule
+        val = report["validation"]
+        lines = [f"re-ID (validation queries vs gallery, Market-1501 protocol): "
+                 f"{_scores(val['reid'])}"]
+        big = val.get("reid_with_distractors")
+        if big:
+            lines.append(f"re-ID with {big['distractors']} distractor images added to the "
+                         f"gallery: {_scores(big)}")
+        lines.append(f"attributes: {report['attributes']}")
+        return "\n".join(lines + _retrieval_lines(report.get("retrieval")))
     lines = ["neighbours  prior weight      mA  mean acc"]
     for r in report["grid"]:
         lines.append(f"{r['neighbours']:>10}  {r['prior_weight']:>12g}  {r['mA']:.4f}  "
@@ -265,17 +292,20 @@ def format_report(report: dict) -> str:
         f"{cv['plain']['mA']:.4f}, {cv['plain']['mean_accuracy']:.4f}",
         f"wrote {report['file']}",
     ]
-    retrieval = report.get("retrieval")
-    if retrieval:
-        on = retrieval["scored_on"]
-        lines += [
-            f"retrieval, scored on {on['queries']} queries vs {on['gallery']} gallery images "
-            f"({on['distractors']} of them distractors):",
-            f"  plain cosine: {_one(retrieval['plain'])}",
-            f"  chosen {retrieval['rule']}: {_one(retrieval['chosen'])}",
-            f"wrote {retrieval['file']}",
-        ]
-    return "\n".join(lines)
+    return "\n".join(lines + _retrieval_lines(report.get("retrieval")))
+
+
+def _retrieval_lines(retrieval: dict | None) -> list[str]:
+    if not retrieval:
+        return []
+    on = retrieval["scored_on"]
+    return [
+        f"retrieval, scored on {on['queries']} queries vs {on['gallery']} gallery images "
+        f"({on['distractors']} of them distractors):",
+        f"  plain cosine: {_one(retrieval['plain'])}",
+        f"  chosen {retrieval['rule']}: {_one(retrieval['chosen'])}",
+        f"wrote {retrieval['file']}",
+    ]
 
 
 def _one(r: dict) -> str:

@@ -26,6 +26,10 @@ class DataConfig:
     # The dataset in root (docs/datasets.md): auto (detected) | market1501 | course |
     # dukemtmcreid | msmt17 | cuhk03 (= cuhk03-labeled) | cuhk03-detected | custom
     layout: str = "auto"
+    # More datasets whose training images join root's (any layout, detected): identities are
+    # kept apart (offset by 100000 per dataset), and they train the attribute heads only when
+    # their attribute schema is root's (else re-ID only). Validation uses root alone.
+    extra_roots: tuple[str, ...] = ()
     height: int = 128
     width: int = 64
     ids_per_batch: int = 8  # P of the P x K batches

@@ -57,6 +57,7 @@ class OnnxEmbedder:
         self.output_names = [o.name for o in self.session.get_outputs()]
         card = self.path.parent / "model_card.json"
         self.card = json.loads(card.read_text()) if card.is_file() else None
+        self.schema = model_schema(self.card, self.output_names, self.path)
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 [B, H, W, 3] -> {output name: array [B, ...]}."""
@@ -103,6 +104,26 @@ class OnnxEmbedder:
         if bar:
             bar.close()
         return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+def model_schema(card: dict | None, output_names: list[str], path: Path):
+    """The attribute schema of an exported model: its card's (Market-1501's for cards written
+    before schemas); without a card, none for a model whose only output is the embedding, else
+    Market-1501's. TfmarketError when the model lacks a head of that schema."""
+    from tfmarket.attributes import MARKET, NO_ATTRIBUTES, schema_from_card
+
+    if card is not None:
+        try:
+            schema = schema_from_card(card)
+        except ValueError as exc:
+            raise TfmarketError(f"{path.parent / 'model_card.json'}: {exc}") from None
+    else:
+        schema = NO_ATTRIBUTES if set(output_names) == {"embedding"} else MARKET
+    missing = [h for h in schema.head_sizes if h not in output_names]
+    if missing:
+        raise TfmarketError(f"{path}: the model has no output for the {schema.name} attribute "
+                            f"heads {', '.join(missing)} its card names")
+    return schema
 
 
 def _progress(total: int, label: str | None):

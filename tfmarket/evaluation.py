@@ -10,8 +10,9 @@ import time
 import keras
 import numpy as np
 
-from tfmarket.attributes import COLUMNS, HEADS, predicted_columns
+from tfmarket.attributes import AttributeSchema
 from tfmarket.data.market1501 import Records
+from tfmarket.model import REID_OUTPUTS
 
 
 def _sigmoid(x):
@@ -24,10 +25,11 @@ def _softmax(x):
 
 
 def logits_to_probabilities(outputs: dict) -> dict[str, np.ndarray]:
-    """Training-model attribute logits -> probabilities ([N, C] softmax, [N, 1] sigmoid)."""
+    """Training-model attribute logits -> probabilities ([N, C] softmax, [N, 1] sigmoid), for
+    every output that is an attribute head (all but ``features``, ``embedding``, ``id``)."""
+    heads = {h: np.asarray(v) for h, v in outputs.items() if h not in REID_OUTPUTS}
     return {
-        head: _sigmoid(outputs[head]) if n == 1 else _softmax(outputs[head])
-        for head, n in HEADS.items()
+        head: _sigmoid(v) if v.shape[-1] == 1 else _softmax(v) for head, v in heads.items()
     }
 
 
@@ -44,24 +46,42 @@ def predict_records(model: keras.Model, records: Records, height: int, width: in
     ds = ds.map(lambda row: row["image"])
     raw = model.predict(ds, verbose=0)
     out = {"embedding": np.asarray(raw["embedding"], np.float32)}
-    out.update(logits_to_probabilities({h: np.asarray(raw[h]) for h in HEADS}))
+    out.update(logits_to_probabilities(raw))
     return out
 
 
-def score(query_out: dict, gallery_out: dict, query: Records, gallery: Records) -> dict:
-    """Re-ID metrics (Market-1501 protocol) and attribute metrics on the images with labels."""
+def schema_matches(schema: AttributeSchema, outputs: dict) -> bool:
+    """The model outputs hold every head of ``schema``, each of the schema's width: attribute
+    predictions can be scored against labels in that schema."""
+    return bool(schema.heads) and all(
+        h.name in outputs and np.asarray(outputs[h.name]).reshape(
+            len(outputs[h.name]), -1).shape[1] == h.outputs for h in schema.heads)
+
+
+def score(query_out: dict, gallery_out: dict, query: Records, gallery: Records,
+          schema: AttributeSchema | None = None) -> dict:
+    """Re-ID metrics (Market-1501 protocol) and attribute metrics on the images with labels.
+
+    ``schema``: the model's attribute schema (default: the records'); attributes are scored
+    only when it is the records' schema and the outputs hold its heads.
+    """
     from tfmarket.metrics import attribute_metrics, evaluate_from_features
 
     result = evaluate_from_features(
         query_out["embedding"], gallery_out["embedding"],
         query.pids, gallery.pids, query.cams, gallery.cams,
     )
+    schema = query.schema if schema is None else schema
+    if schema != query.schema or not schema_matches(schema, query_out):
+        return result
     known = np.concatenate([query.has_attributes, gallery.has_attributes])
     if known.any():
         truth = np.concatenate([query.attributes, gallery.attributes])[known]
-        probs = {h: np.concatenate([query_out[h], gallery_out[h]])[known] for h in HEADS}
-        predicted = predicted_columns(probs)
-        result["attributes"] = attribute_metrics(truth, predicted, COLUMNS)
+        probs = {h: np.concatenate([query_out[h], gallery_out[h]])[known]
+                 for h in schema.head_sizes}
+        predicted = schema.predicted_columns(probs)
+        result["attributes"] = attribute_metrics(truth, predicted, schema.columns,
+                                                 schema.multiclass)
     return result
 
 
@@ -79,8 +99,9 @@ class ValidationCallback(keras.callbacks.Callback):
 
     def __init__(self, query: Records, gallery: Records, height: int, width: int,
                  every: int = 1, batch_size: int = 128, log_dir: str | None = None,
-                 name: str = "holdout"):
+                 name: str = "holdout", schema: AttributeSchema | None = None):
         super().__init__()
+        self.schema = schema
         self.name = name
         self.log_dir = log_dir
         self._writer = None
@@ -105,7 +126,7 @@ class ValidationCallback(keras.callbacks.Callback):
         start = time.time()
         q = predict_records(self.model, self.query, self.height, self.width, self.batch_size)
         g = predict_records(self.model, self.gallery, self.height, self.width, self.batch_size)
-        result = score(q, g, self.query, self.gallery)
+        result = score(q, g, self.query, self.gallery, self.schema)
         logs.update({
             "val_mAP": result["mAP"], "val_rank1": result["rank1"],
             "val_rank5": result["rank5"], "val_mINP": result["mINP"],

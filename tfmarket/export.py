@@ -4,7 +4,8 @@
 
 The exported graph takes uint8 images [B, H, W, 3] at the training size (dynamic batch) and
 contains the normalisation, so callers only decode and resize (``tfmarket.preprocess``).
-Outputs: ``embedding`` [B, D] (L2-normalised) and every attribute head's probabilities.
+Outputs: ``embedding`` [B, D] (L2-normalised) and every attribute head's probabilities (the
+run's attribute schema, ``schema.json``, is written into ``model_card.json``).
 
 A parity check runs at export time on real images (the run's validation/training images):
 the max absolute difference between Keras, the SavedModel and onnxruntime outputs must be within
@@ -155,15 +156,19 @@ def quantization_report(reference: dict, quantized: dict) -> dict:
     """How far int8 outputs drift: embedding cosine similarity and attribute decision agreement."""
     import numpy as np
 
-    from tfmarket.attributes import probabilities_to_targets
-
     cos = np.sum(reference["embedding"] * quantized["embedding"], axis=1)
-    ref_t = probabilities_to_targets(reference)
-    q_t = probabilities_to_targets(quantized)
-    agree = float(np.mean([np.mean(ref_t[h] == q_t[h]) for h in ref_t]))
+    ref_t, q_t = _decisions(reference), _decisions(quantized)
+    agree = float(np.mean([np.mean(ref_t[h] == q_t[h]) for h in ref_t])) if ref_t else None
     return {"max_abs_diff": _max_abs_diff(reference, quantized),
             "embedding_cosine_min": float(cos.min()), "embedding_cosine_mean": float(cos.mean()),
             "attribute_decision_agreement": agree}
+
+
+def _decisions(outputs: dict) -> dict:
+    """Each attribute head's per-image decision (sigmoid >= 0.5, softmax argmax)."""
+
+    return {k: (v.reshape(len(v), -1)[:, 0] >= 0.5) if v.reshape(len(v), -1).shape[1] == 1
+            else v.argmax(axis=-1) for k, v in outputs.items() if k != "embedding"}
 
 
 def run_onnx(path: Path, images) -> dict:
@@ -176,13 +181,21 @@ def run_onnx(path: Path, images) -> dict:
     return dict(zip(names, values, strict=True))
 
 
-def float32_copy(model, config):
+def float32_copy(model, config, schema=None):
     """The same network and weights with float32 compute (a run may have trained in mixed
-    precision): serving graphs and the parity check are defined in float32."""
+    precision): serving graphs and the parity check are defined in float32. ``schema``: the
+    run's attribute schema (default Market-1501's), whose heads the model must have."""
     import keras
 
-    from tfmarket.model import build_model
+    from tfmarket.attributes import MARKET
+    from tfmarket.model import build_model, model_heads
 
+    schema = MARKET if schema is None else schema
+    heads = schema.head_sizes
+    if model_heads(model) != heads:
+        raise TfmarketError(
+            f"the model's attribute heads {model_heads(model)} are not its run's "
+            f"{schema.name} schema's {heads}")
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
@@ -191,7 +204,7 @@ def float32_copy(model, config):
             model.get_layer("id").units, height=config.data.height, width=config.data.width,
             backbone=m.backbone, weights=None, last_stride=m.last_stride, pooling=m.pooling,
             embedding_dim=m.embedding_dim, dropout=m.dropout,
-            fused_batchnorm=m.fused_batchnorm,
+            fused_batchnorm=m.fused_batchnorm, heads=heads,
         )
     finally:
         keras.mixed_precision.set_global_policy(previous)
@@ -205,13 +218,14 @@ def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, in
     import yaml
 
     from tfmarket import __version__
-    from tfmarket.attributes import COLUMNS, HEADS, head_classes
     from tfmarket.config import from_dict, to_dict
+    from tfmarket.train import run_schema
 
     workdir = Path(workdir)
     if not (workdir / "config.yaml").is_file():
         raise TfmarketError(f"{workdir}: not a tfmarket run directory (no config.yaml)")
     config = from_dict(yaml.safe_load((workdir / "config.yaml").read_text()))
+    schema = run_schema(workdir)
     model_path, model_note = _source_model(workdir, checkpoint, config.data.validation)
     out = Path(out) if out else Path("exports") / workdir.name
     if out.exists() and any(out.iterdir()):
@@ -224,7 +238,7 @@ def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, in
     import tfmarket.losses  # noqa: F401
     import tfmarket.schedules  # noqa: F401
 
-    model = float32_copy(keras.models.load_model(model_path), config)
+    model = float32_copy(keras.models.load_model(model_path), config, schema)
     images = _parity_images(config, workdir, parity_images)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -252,12 +266,12 @@ def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, in
             "outputs": result["outputs"],
             "embedding": {"name": "embedding", "normalised": "L2", "distance": "cosine"},
             "attributes": {
-                "heads": {h: {"activation": "sigmoid" if n == 1 else "softmax",
-                              "classes": list(head_classes(h))} for h, n in HEADS.items()},
-                "columns": list(COLUMNS),
-                "encoding": "annotation files: 1 = no, 2 = yes; age 1-4 = young, teenager, "
-                            "adult, old; a colour head predicting 'none' writes 1 in every "
-                            "colour column",
+                "heads": {h.name: {"activation": h.activation, "classes": list(h.classes)}
+                          for h in schema.heads},
+                "columns": list(schema.columns),
+                "encoding": schema.encoding,
+                # The whole schema: rank, calibrate and gallery read the heads from it.
+                "schema": schema.to_dict(),
             },
             "training_config": to_dict(config),
             # without the validation's wall time: the card is reproducible from the run

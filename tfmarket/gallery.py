@@ -11,8 +11,11 @@ attribute filters, for galleries too large for one process.
         --query q/ --topk 20 --where "upred, backpack"
 
 A store (``.npz``) holds ``files`` [N], ``embedding`` float32 [N, D] (L2-normalised),
-``attributes`` int [N, 27] (predicted, annotation encoding), ``prob_<head>`` and the model's
-name; shards are contiguous blocks of the sorted file list, so merging restores that order.
+``attributes`` int [N, C] (predicted, annotation encoding), ``attribute_columns`` [C] (their
+names: the model card's attribute schema, Market-1501's 27 or DukeMTMC-reID's 23; stores
+without it are Market-1501's), ``prob_<head>`` and the model's name; shards are contiguous
+blocks of the sorted file list, so merging restores that order. ``--where`` names the store's
+columns.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from tfmarket.npzfile import save_npz
 from tfmarket.search import FAISS_KINDS, REFINE_TYPES
 
 STORE_KEYS = ("files", "embedding", "attributes")
+# Keys that hold one value for the whole store (equal in every shard), not one per image.
+STORE_CONSTANTS = ("model", "attribute_columns")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -51,20 +56,23 @@ def shard_files(paths: list[str], index: int, count: int) -> list[str]:
 
 def embed_store(model_path: str, paths: list[str], batch_size: int = 64) -> dict:
     """Embeds image files with an exported ONNX model -> a store dict."""
-    from tfmarket.attributes import HEADS, predicted_columns
     from tfmarket.data.check import require_readable
     from tfmarket.embed import OnnxEmbedder
 
     require_readable(paths)
     embedder = OnnxEmbedder(model_path)
+    schema = embedder.schema
     out = embedder.embed_files(paths, batch_size)
-    columns = predicted_columns({h: out[h] for h in HEADS})
+    heads = schema.head_sizes
+    columns = (schema.predicted_columns({h: out[h] for h in heads}) if heads
+               else np.ones((len(paths), 0), np.int64))
     return {
         "files": np.array([str(p) for p in paths]),
         "embedding": out["embedding"].astype(np.float32),
         "attributes": columns.astype(np.int8),
+        "attribute_columns": np.array(schema.columns, dtype=str),
         "model": np.array(str(Path(model_path).resolve())),
-        **{f"prob_{h}": out[h] for h in HEADS},
+        **{f"prob_{h}": out[h] for h in heads},
     }
 
 
@@ -97,41 +105,58 @@ def merge_stores(stores: list[dict], names: list[str] | None = None) -> dict:
     for store, name in zip(stores[1:], names[1:], strict=True):
         if str(store.get("model")) != str(first.get("model")):
             raise DataError(f"{name}: embedded with a different model than {names[0]}")
+        if store_columns(store) != store_columns(first):
+            raise DataError(f"{name}: holds other attribute columns than {names[0]}")
         if store["embedding"].shape[1] != first["embedding"].shape[1]:
             raise DataError(f"{name}: embedding width differs from {names[0]}")
         if set(store) != set(first):
             raise DataError(f"{name}: holds different fields than {names[0]}")
-    merged = {k: np.concatenate([s[k] for s in stores]) for k in first if k != "model"}
-    merged["model"] = first["model"]
+    merged = {k: np.concatenate([s[k] for s in stores]) for k in first
+              if k not in STORE_CONSTANTS}
     files, counts = np.unique(merged["files"], return_counts=True)
     if (counts > 1).any():
         raise DataError(f"{files[counts > 1][0]} appears in more than one shard")
     order = np.argsort(merged["files"], kind="stable")
-    return {k: (v[order] if k != "model" else v) for k, v in merged.items()}
+    return {**{k: v[order] for k, v in merged.items()},
+            **{k: first[k] for k in STORE_CONSTANTS if k in first}}
 
 
-def parse_filter(text: str) -> list[tuple[int, int]]:
+def store_columns(store: dict) -> tuple[str, ...]:
+    """The names of a store's ``attributes`` columns (Market-1501's for stores written before
+    attribute schemas)."""
+    from tfmarket.attributes import COLUMNS
+
+    if "attribute_columns" in store:
+        return tuple(str(c) for c in np.asarray(store["attribute_columns"]).reshape(-1))
+    return COLUMNS
+
+
+def parse_filter(text: str, columns: tuple[str, ...] | None = None) -> list[tuple[int, int]]:
     """``"upred, backpack, age=3"`` -> [(column index, required value)] in file encoding.
 
     A bare name means "yes" (2); ``name=V`` gives the value (age 1-4, others 1/2).
+    ``columns``: the store's attribute columns (default Market-1501's).
     """
     from tfmarket.attributes import COLUMNS
 
+    names = COLUMNS if columns is None else tuple(columns)
+    if not names:
+        raise TfmarketError("--where: the store's model has no attribute heads (re-ID only)")
     conditions = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
         name, _, value = part.partition("=")
         name = name.strip()
-        if name not in COLUMNS:
+        if name not in names:
             raise TfmarketError(
-                f"unknown attribute {name!r} in filter; valid: {', '.join(COLUMNS)}")
-        conditions.append((COLUMNS.index(name), int(value) if value else 2))
+                f"unknown attribute {name!r} in filter; valid: {', '.join(names)}")
+        conditions.append((names.index(name), int(value) if value else 2))
     return conditions
 
 
 def filter_ids(attributes: np.ndarray, conditions: list[tuple[int, int]]) -> np.ndarray:
-    """int64 ids of the rows of ``attributes`` [N, 27] meeting every condition."""
+    """int64 ids of the rows of ``attributes`` [N, C] meeting every condition."""
     keep = np.ones(len(attributes), dtype=bool)
     for column, value in conditions:
         keep &= attributes[:, column] == value
@@ -174,7 +199,8 @@ def _cmd_search(args) -> dict:
     store = load_store(args.store)
     queries = [str(p) for p in list_images(args.query)]
     q_emb = OnnxEmbedder(args.model).embed_files(queries, args.batch_size)["embedding"]
-    allowed = filter_ids(store["attributes"], parse_filter(args.where)) if args.where else None
+    allowed = (filter_ids(store["attributes"], parse_filter(args.where, store_columns(store)))
+               if args.where else None)
     if allowed is not None and len(allowed) == 0:
         raise TfmarketError(f"no gallery image matches --where {args.where!r}")
     subset = np.arange(len(store["files"])) if allowed is None else allowed

@@ -27,7 +27,7 @@ kept gallery images:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -476,18 +476,22 @@ def _multiclass_column(t: np.ndarray, p: np.ndarray, n_classes: int) -> dict:
     }
 
 
-def _instance_metrics(true_cols: np.ndarray, pred_cols: np.ndarray, age_col: int) -> dict:
-    """Example-based metrics over a label set of 26 binary columns + one-hot age (30 labels)."""
-    binary = [i for i in range(true_cols.shape[1]) if i != age_col]
+def _instance_metrics(true_cols: np.ndarray, pred_cols: np.ndarray,
+                      multiclass: Mapping[int, int]) -> dict:
+    """Example-based metrics over a label set of the binary columns + each multi-class column
+    one-hot (Market-1501: 26 binary columns + age's 4 classes = 30 labels).
+
+    ``multiclass``: column index -> number of classes (values 1..C)."""
+    binary = [i for i in range(true_cols.shape[1]) if i not in multiclass]
     t_bin, p_bin = true_cols[:, binary], pred_cols[:, binary]
     known_bin = t_bin != UNKNOWN
-    t_age, p_age = true_cols[:, age_col], pred_cols[:, age_col]
-    classes = np.arange(1, len(AGE_CLASSES) + 1)
-    known_age = np.repeat((t_age != UNKNOWN)[:, None], len(classes), axis=1)
-    t_lab = np.concatenate([(t_bin == YES) & known_bin, (t_age[:, None] == classes)], axis=1)
-    p_lab = np.concatenate(
-        [(p_bin == YES) & known_bin, (p_age[:, None] == classes) & known_age], axis=1
-    )
+    t_parts, p_parts = [(t_bin == YES) & known_bin], [(p_bin == YES) & known_bin]
+    for col, n_classes in multiclass.items():
+        classes = np.arange(1, n_classes + 1)
+        t_col, p_col = true_cols[:, col], pred_cols[:, col]
+        t_parts.append(t_col[:, None] == classes)
+        p_parts.append((p_col[:, None] == classes) & (t_col != UNKNOWN)[:, None])
+    t_lab, p_lab = np.concatenate(t_parts, axis=1), np.concatenate(p_parts, axis=1)
     inter = np.sum(t_lab & p_lab, axis=1).astype(np.float64)
     union = np.sum(t_lab | p_lab, axis=1)
     n_true, n_pred = t_lab.sum(axis=1), p_lab.sum(axis=1)
@@ -511,6 +515,7 @@ def attribute_metrics(
     true_columns: np.ndarray,
     pred_columns: np.ndarray,
     names: Sequence[str] = COLUMNS,
+    classes: Mapping[str, int] | None = None,
 ) -> dict:
     """Attribute-recognition metrics on annotation-encoded columns.
 
@@ -541,13 +546,17 @@ def attribute_metrics(
     over the columns. ``instance``: example-based ``accuracy`` = |Y n P| / |Y u P|,
     ``precision`` = |Y n P| / |P|, ``recall`` = |Y n P| / |Y| and per-example ``F1``, each
     averaged over the examples, where Y/P are an example's true/predicted positive labels
-    among the 26 binary columns plus age one-hot (30 labels); a ratio with an empty
+    among the binary columns plus each multi-class column one-hot (Market-1501: 26 binary
+    columns plus age one-hot, 30 labels); a ratio with an empty
     denominator counts as 0 for that example (Jia et al.'s PAR baseline convention).
 
     Args:
         true_columns: int [N, C] in ``names`` order (C = 27 for ``COLUMNS``).
         pred_columns: int [N, C], same encoding.
-        names: column names; the one named ``age`` is 4-class, all others binary.
+        names: column names (an attribute schema's ``columns``).
+        classes: column -> number of classes for the multi-class columns (values 1..C; an
+            attribute schema's ``multiclass``); all others are binary. Default: the column
+            named ``age`` is 4-class (Market-1501).
 
     Returns:
         JSON-serialisable dict (python floats, ints, None).
@@ -564,10 +573,12 @@ def attribute_metrics(
             f"got {t.shape} and {p.shape}"
         )
     t, p = t.astype(np.int64), p.astype(np.int64)
-    age_col = names.index("age") if "age" in names else -1
+    if classes is None:
+        classes = {"age": len(AGE_CLASSES)} if "age" in names else {}
+    multiclass = {names.index(c): int(n) for c, n in classes.items()}
     per_attribute = {}
     for i, name in enumerate(names):
-        allowed = np.arange(0, len(AGE_CLASSES) + 1) if i == age_col else np.array([0, 1, 2])
+        allowed = np.arange(0, multiclass[i] + 1) if i in multiclass else np.array([0, 1, 2])
         for which, arr in (("true", t), ("predicted", p)):
             bad = ~np.isin(arr[:, i], allowed)
             if bad.any():
@@ -575,8 +586,8 @@ def attribute_metrics(
                     f"{which} column {name!r} has value {int(arr[:, i][bad][0])}; "
                     f"allowed: {allowed.tolist()} (0 = unknown)"
                 )
-        if i == age_col:
-            per_attribute[name] = _multiclass_column(t[:, i], p[:, i], len(AGE_CLASSES))
+        if i in multiclass:
+            per_attribute[name] = _multiclass_column(t[:, i], p[:, i], multiclass[i])
         else:
             per_attribute[name] = _binary_column(t[:, i], p[:, i])
 
@@ -590,14 +601,5 @@ def attribute_metrics(
         "num_examples": int(t.shape[0]),
         "per_attribute": per_attribute,
     }
-    if age_col >= 0:
-        out["instance"] = _instance_metrics(t, p, age_col)
-    else:
-        out["instance"] = _instance_metrics_binary_only(t, p)
+    out["instance"] = _instance_metrics(t, p, multiclass)
     return out
-
-
-def _instance_metrics_binary_only(t: np.ndarray, p: np.ndarray) -> dict:
-    # Reuse the general routine with a dummy all-unknown age column.
-    pad = np.zeros((t.shape[0], 1), dtype=t.dtype)
-    return _instance_metrics(np.hstack([pad, t]), np.hstack([pad, p]), 0)

@@ -5,14 +5,17 @@ Training model (``build_model``), input float32 [B, H, W, 3] pixel values in [0,
 * ``features``  [B, D]  pooled feature before the BN neck (batch-hard triplet loss).
 * ``embedding`` [B, D]  L2-normalised feature after the BN neck (ranking).
 * ``id``        [B, num_ids] identity logits (label-smoothed softmax loss).
-* one logits output per attribute head (:data:`tfmarket.attributes.HEADS`): ``age`` [B, 4],
-  binary heads [B, 1], ``upper_color`` [B, 9], ``lower_color`` [B, 10].
+* one logits output per attribute head of the dataset's attribute schema (``heads``, default
+  Market-1501's :data:`tfmarket.attributes.HEADS`: ``age`` [B, 4], binary heads [B, 1],
+  ``upper_color`` [B, 9], ``lower_color`` [B, 10]; none for a re-ID-only schema).
 
 Inference model (``build_inference_model``): uint8 [B, H, W, 3] -> ``embedding`` and every
 attribute's probabilities (softmax / sigmoid). This is what export writes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import keras
 
@@ -21,6 +24,8 @@ from tfmarket.layers import FusedBatchNormalization, GeMPooling, L2Normalize, No
 
 BACKBONES = ("resnet50", "tiny")
 POOLINGS = ("avg", "gem")
+# Outputs of the training model that are not attribute heads.
+REID_OUTPUTS = ("features", "embedding", "id")
 
 
 def _resnet50(input_shape, weights: str | None, last_stride: int,
@@ -86,12 +91,19 @@ def build_model(
     embedding_dim: int = 0,
     dropout: float = 0.0,
     fused_batchnorm: bool = True,
+    heads: Mapping[str, int] | None = None,
 ) -> keras.Model:
     """The training model; see the module docstring for outputs.
 
     ``fused_batchnorm``: the backbone's BN layers train with TensorFlow's fused kernel; False
     gives Keras's own layers (same weights and results, slower; for comparison).
+    ``heads``: attribute head -> output width (1 = sigmoid), in output order
+    (``AttributeSchema.head_sizes``); None = Market-1501's :data:`HEADS`, {} = re-ID only.
     """
+    heads = HEADS if heads is None else dict(heads)
+    clash = [h for h in heads if h in REID_OUTPUTS]
+    if clash:
+        raise ValueError(f"attribute heads may not be named {', '.join(clash)}")
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
     if weights in ("", "none", "None"):
@@ -117,15 +129,22 @@ def build_model(
         "id": keras.layers.Dense(num_ids, use_bias=False, dtype="float32", name="id")(neck),
     }
     head_input = keras.layers.Dropout(dropout, name="head_dropout")(neck) if dropout else neck
-    for head, n_classes in HEADS.items():
+    for head, n_classes in heads.items():
         outputs[head] = keras.layers.Dense(n_classes, dtype="float32", name=head)(head_input)
     return keras.Model(images, outputs, name=f"tfmarket_{backbone}")
+
+
+def model_heads(model: keras.Model) -> dict[str, int]:
+    """The attribute heads of a training model: head -> output width, by name."""
+    names = sorted(set(model.output_names) - set(REID_OUTPUTS))
+    return {name: model.get_layer(name).units for name in names}
 
 
 def build_inference_model(model: keras.Model) -> keras.Model:
     """uint8 [B, H, W, 3] -> {"embedding": [B, D], head: probabilities} for serving.
 
-    Softmax heads give [B, C] class probabilities, binary heads [B, 1] P(yes).
+    Softmax heads give [B, C] class probabilities, binary heads [B, 1] P(yes); the heads are
+    the training model's own (:func:`model_heads`).
     """
     height, width = model.input_shape[1:3]
     images = keras.Input((height, width, 3), dtype="uint8", name="image")
@@ -134,7 +153,7 @@ def build_inference_model(model: keras.Model) -> keras.Model:
     )
     raw = model(x)
     outputs = {"embedding": keras.layers.Identity(name="embedding_out")(raw["embedding"])}
-    for head, n_classes in HEADS.items():
+    for head, n_classes in model_heads(model).items():
         act = "sigmoid" if n_classes == 1 else "softmax"
         prob = keras.layers.Activation(act, dtype="float32", name=f"{head}_prob")(raw[head])
         outputs[head] = prob

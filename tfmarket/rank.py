@@ -3,14 +3,20 @@
     python -m tfmarket.rank --model exports/NAME/model.onnx --data ROOT --out DIR
     python -m tfmarket.rank --model exports/NAME/model.onnx --query DIR --gallery DIR --out DIR
 
-``--data`` takes either Market-1501 layout: the original one (query/ vs bounding_box_test/,
-labelled, so it is evaluated) or the course one (queries/ vs test/; evaluated only when a
-``synthetic_truth.csv`` with labels sits beside them, as in generated data).
+``--data`` takes any dataset ``tfmarket.data`` reads (``--dataset`` forces one; see
+docs/datasets.md): Market-1501's original layout, DukeMTMC-reID, MSMT17 and CUHK03 have a
+labelled query/gallery, so they are evaluated, each with the Market-1501 protocol (gallery
+images of the query's identity from the query's camera ignored; an unknown camera, -1, is never
+the query's); the course layout (queries/ vs test/) is evaluated only when a
+``synthetic_truth.csv`` with labels sits beside them, as in generated data. A model trained on
+one dataset ranks another's query/gallery this way (cross-dataset evaluation).
 
 Writes into ``--out``: ``reid_test.txt`` (top-k per query, best first),
-``classification_test.csv`` (27 attributes of every gallery image), ``embeddings.npz``, and
-when labels are known ``metrics.json`` (mAP both conventions, mINP, CMC; attribute accuracy,
-mA, F1). ``--visualize N`` adds an HTML report with N queries and a CMC plot.
+``classification_test.csv`` (the model's attribute columns of every gallery image: Market-1501's
+27 or DukeMTMC-reID's 23, from the model card's attribute schema; not written for a re-ID-only
+model), ``embeddings.npz``, and when labels are known ``metrics.json`` (mAP both conventions,
+mINP, CMC; attribute accuracy, mA, F1 when the model's attribute schema is the dataset's).
+``--visualize N`` adds an HTML report with N queries and a CMC plot.
 
 Distances follow the retrieval rule in ``retrieval.json`` beside the model when calibrate wrote
 one (database-side augmentation + alpha query expansion, an attribute-aware distance,
@@ -45,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tfmarket.rank", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="exported model.onnx")
-    parser.add_argument("--data", help="dataset root in either Market-1501 layout")
+    parser.add_argument("--data", help="dataset root (any dataset tfmarket reads; its "
+                        "query/gallery are ranked)")
+    parser.add_argument("--dataset", default="auto", metavar="NAME",
+                        help="the dataset in --data (default auto: detected), e.g. "
+                             "cuhk03-detected")
     parser.add_argument("--query", help="folder of query images (with --gallery)")
     parser.add_argument("--gallery", help="folder of gallery images (with --query)")
     parser.add_argument("--out", required=True, help="output folder")
@@ -94,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _folder_records(folder: str):
-    """Images of a plain folder; labelled when every name follows a Market-1501 pattern."""
-    from tfmarket.attributes import COLUMNS
+    """Images of a plain folder; labelled when every name follows a Market-1501 pattern. No
+    attribute labels (the ``none`` schema)."""
+    from tfmarket.attributes import NO_ATTRIBUTES
     from tfmarket.data.filenames import JUNK_ID, list_images, parse_course_train, parse_original
     from tfmarket.data.market1501 import Records
 
@@ -110,12 +121,12 @@ def _folder_records(folder: str):
     n = len(paths)
     if labels is None:
         return Records([str(p) for p in paths], np.full(n, -1), np.full(n, -1),
-                       np.zeros((n, len(COLUMNS)), np.int64), labelled=False)
+                       np.zeros((n, 0), np.int64), labelled=False, schema=NO_ATTRIBUTES)
     keep = [i for i, (pid, _) in enumerate(labels) if pid != JUNK_ID]
     return Records([str(paths[i]) for i in keep],
                    np.array([labels[i][0] for i in keep], np.int64),
                    np.array([labels[i][1] for i in keep], np.int64),
-                   np.zeros((len(keep), len(COLUMNS)), np.int64), labelled=True)
+                   np.zeros((len(keep), 0), np.int64), labelled=True, schema=NO_ATTRIBUTES)
 
 
 def _attach_truth(root: Path, records, split: str):
@@ -148,7 +159,7 @@ def load_inputs(args):
     if args.data and (args.query or args.gallery):
         raise TfmarketError("give either --data or --query/--gallery, not both")
     if args.data:
-        dataset = load_dataset(args.data)
+        dataset = load_dataset(args.data, getattr(args, "dataset", None) or "auto")
         query, gallery = dataset.query, dataset.gallery
         if dataset.layout == "course":
             query = _attach_truth(dataset.root, query, "queries")
@@ -162,7 +173,6 @@ def load_inputs(args):
 
 
 def rank(args) -> dict:
-    from tfmarket.attributes import COLUMNS, HEADS
     from tfmarket.data.check import require_readable
     from tfmarket.embed import OnnxEmbedder
     from tfmarket.submission import write_classification, write_reid
@@ -173,6 +183,8 @@ def rank(args) -> dict:
     rule, rule_file = attribute_rule(args.attribute_rule, Path(args.model))
     retrieval, retrieval_file = retrieval_rule(args, Path(args.model))
     embedder = OnnxEmbedder(args.model, threads=args.threads, flip_test=args.flip_test)
+    schema = embedder.schema  # the model's attribute heads (its card's schema)
+    heads = schema.head_sizes
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.time()
@@ -190,7 +202,7 @@ def rank(args) -> dict:
         from tfmarket.retrieval import distances
         from tfmarket.search import topk_from_distances
 
-        distmat = distances(q_out, g_out, retrieval, HEADS)
+        distmat = distances(q_out, g_out, retrieval, heads)
         indices, _ = topk_from_distances(distmat, topk)
     else:
         from tfmarket.retrieval import expand
@@ -214,15 +226,21 @@ def rank(args) -> dict:
     q_names = [Path(p).name for p in query.paths]
     g_names = [Path(p).name for p in gallery.paths]
     write_reid(out / "reid_test.txt", q_names, g_names, indices)
-    q_columns, g_columns = decide_attributes(q_out, g_out, rule)
-    write_classification(out / "classification_test.csv", g_names, g_columns)
+    files = ["reid_test.txt"]
+    if schema.heads:
+        q_columns, g_columns = decide_attributes(q_out, g_out, rule, schema)
+        write_classification(out / "classification_test.csv", g_names, g_columns, schema)
+        files.append("classification_test.csv")
+    else:
+        q_columns = np.ones((len(query), 0), np.int64)
+        g_columns = np.ones((len(gallery), 0), np.int64)
     save_npz(
         out / "embeddings.npz", compressed=True,
         query_files=np.array(query.paths), gallery_files=np.array(gallery.paths),
         query_embedding=q_out["embedding"], gallery_embedding=g_out["embedding"],
         query_attributes=q_columns, gallery_attributes=g_columns,
-        **{f"query_prob_{h}": q_out[h] for h in HEADS},
-        **{f"gallery_prob_{h}": g_out[h] for h in HEADS},
+        **{f"query_prob_{h}": q_out[h] for h in heads},
+        **{f"gallery_prob_{h}": g_out[h] for h in heads},
     )
     summary = {
         "source": source, "model": str(args.model), "providers": embedder.providers,
@@ -232,15 +250,19 @@ def rank(args) -> dict:
         "search": "distance matrix" if retrieval.needs_distances else args.search,
         "search_device": search_device, "flip_test": bool(args.flip_test),
         "attribute_rule": rule.describe() + (f" ({rule_file})" if rule_file else ""),
+        "attribute_schema": schema.name,
         "embed_seconds": round(embed_seconds, 2),
         "images_per_second": round((len(query) + len(gallery)) / max(embed_seconds, 1e-9), 1),
         "rank_seconds": round(rank_seconds, 2),
-        "files": ["reid_test.txt", "classification_test.csv", "embeddings.npz"],
+        "files": [*files, "embeddings.npz"],
     }
+    if not schema.heads:
+        summary["classification"] = ("no classification_test.csv: the model has no attribute "
+                                     "heads (attribute schema 'none', re-ID only)")
     metrics = None
     if query.labelled and gallery.labelled:
         metrics = evaluate(query, gallery, q_ranked, g_ranked, q_columns, g_columns, distmat,
-                           COLUMNS)
+                           schema)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         summary["files"].append("metrics.json")
         summary["metrics"] = {k: metrics["reid"][k] for k in
@@ -248,9 +270,11 @@ def rank(args) -> dict:
         if "attributes" in metrics:
             summary["metrics"].update(attr_mA=metrics["attributes"]["mA"],
                                       attr_accuracy=metrics["attributes"]["mean_accuracy"])
+        if "attributes_not_scored" in metrics:
+            summary["attributes_not_scored"] = metrics["attributes_not_scored"]
     if args.visualize:
         summary["visualization"] = visualize(out, query, gallery, indices, q_columns, metrics,
-                                             args.visualize)
+                                             args.visualize, schema)
     summary["files"].append("summary.json")
     # Without the timings, so the same model and data give byte-identical files.
     (out / "summary.json").write_text(json.dumps(
@@ -299,30 +323,35 @@ def retrieval_rule(args, model: Path):
     return rule, path
 
 
-def decide_attributes(q_out: dict, g_out: dict, rule) -> tuple[np.ndarray, np.ndarray]:
-    """Query and gallery attribute columns (int [Nq, 27], [Ng, 27]).
+def decide_attributes(q_out: dict, g_out: dict, rule,
+                      schema=None) -> tuple[np.ndarray, np.ndarray]:
+    """Query and gallery attribute columns (int [Nq, C], [Ng, C]; C = 27 for Market-1501) of
+    the model's attribute ``schema`` (default Market-1501's).
 
     Gallery images vote among the gallery (the course's test folder also holds every query
     image, so a query + gallery pool would count those images twice); queries vote among the
     queries and the gallery together.
     """
     from tfmarket.attribute_rule import decide, nearest_neighbours
-    from tfmarket.attributes import HEADS
+    from tfmarket.attributes import MARKET
 
-    q_probs = {h: q_out[h] for h in HEADS}
-    g_probs = {h: g_out[h] for h in HEADS}
+    schema = MARKET if schema is None else schema
+    heads = schema.head_sizes
+    q_probs = {h: q_out[h] for h in heads}
+    g_probs = {h: g_out[h] for h in heads}
     if rule.neighbours == 1:
-        return decide(q_probs, rule), decide(g_probs, rule)
-    pool_probs = {h: np.concatenate([q_probs[h], g_probs[h]]) for h in HEADS}
+        return decide(q_probs, rule, schema=schema), decide(g_probs, rule, schema=schema)
+    pool_probs = {h: np.concatenate([q_probs[h], g_probs[h]]) for h in heads}
     pool = np.concatenate([q_out["embedding"], g_out["embedding"]])
     # Only the queries' rows of the query + gallery search: the gallery's come from its own.
     q_near = nearest_neighbours(pool, rule.neighbours, rows=np.arange(len(q_out["embedding"])))
     g_near = nearest_neighbours(g_out["embedding"], rule.neighbours)
-    return decide(pool_probs, rule, q_near), decide(g_probs, rule, g_near)
+    return decide(pool_probs, rule, q_near, schema), decide(g_probs, rule, g_near, schema)
 
 
-def evaluate(query, gallery, q_out, g_out, q_columns, g_columns, distmat, columns) -> dict:
-    """Market-1501 protocol on the ranking; attribute metrics on images with labels."""
+def evaluate(query, gallery, q_out, g_out, q_columns, g_columns, distmat, schema) -> dict:
+    """Market-1501 protocol on the ranking (for every dataset); attribute metrics on the images
+    with labels, when the model's attribute ``schema`` is the dataset's."""
     from tfmarket.metrics import attribute_metrics, evaluate_from_features, evaluate_ranking
 
     ids = (query.pids, gallery.pids, query.cams, gallery.cams)
@@ -334,15 +363,33 @@ def evaluate(query, gallery, q_out, g_out, q_columns, g_columns, distmat, column
         "Market-1501: gallery images of the query's identity from the query's camera and junk "
         "(-1) ignored, distractors (0) are negatives; mAP = non-interpolated AP (torchreid), "
         "mAP_trapezoid = official MATLAB code")}
+    if (query.cams < 0).any() or (gallery.cams < 0).any():
+        result["protocol"] += "; an unknown camera (-1) is never the query's camera"
+    known = np.concatenate([query.has_attributes, gallery.has_attributes])
+    if not known.any():
+        return result
+    if schema != query.schema:
+        result["attributes_not_scored"] = (
+            f"the model's attribute schema ({schema.name}) is not the dataset's "
+            f"({query.schema.name})")
+        return result
     truth = np.concatenate([query.attributes, gallery.attributes])
-    known = (truth > 0).all(axis=1)
-    if known.any():
-        predicted = np.concatenate([q_columns, g_columns])[known]
-        result["attributes"] = attribute_metrics(truth[known], predicted, columns)
+    predicted = np.concatenate([q_columns, g_columns])[known]
+    result["attributes"] = attribute_metrics(truth[known], predicted, schema.columns,
+                                             schema.multiclass)
     return result
 
 
-def _attribute_text(row) -> str:
+def _attribute_text(row, schema=None) -> str:
+    """Short text of one query's predicted attributes for the HTML report."""
+    from tfmarket.attributes import MARKET
+
+    if schema is not None and schema != MARKET:
+        return schema.describe_row(row)
+    return _market_text(row)
+
+
+def _market_text(row) -> str:
     from tfmarket.attributes import AGE_CLASSES, COLUMNS, LOWER_COLORS, UPPER_COLORS
 
     values = dict(zip(COLUMNS, row, strict=True))
@@ -355,7 +402,8 @@ def _attribute_text(row) -> str:
     return ", ".join(words)
 
 
-def visualize(out, query, gallery, indices, q_columns, metrics, count: int) -> dict:
+def visualize(out, query, gallery, indices, q_columns, metrics, count: int,
+              schema=None) -> dict:
     from tfmarket.metrics import same_camera
     from tfmarket.visualize import write_ranking_report
 
@@ -369,7 +417,8 @@ def visualize(out, query, gallery, indices, q_columns, metrics, count: int) -> d
         correct = np.where(ignored, -1, same.astype(int))
     return write_ranking_report(
         out, query.paths, gallery.paths, indices, correct=correct,
-        query_attributes=[_attribute_text(r) for r in q_columns], num_queries=count,
+        query_attributes=([_attribute_text(r, schema) for r in q_columns]
+                          if q_columns.shape[1] else None), num_queries=count,
         topk=min(10, indices.shape[1]),
         cmc=metrics["reid"]["cmc"] if metrics else None,
     )

@@ -152,7 +152,8 @@ def attribute_features(probabilities: Mapping[str, np.ndarray],
 
     Args:
         probabilities: head -> float [N] (sigmoid heads, heads[h] == 1) or [N, C] (softmax).
-        heads: head -> number of classes (1 = sigmoid), e.g. :data:`tfmarket.attributes.HEADS`.
+        heads: head -> number of classes (1 = sigmoid): the model's attribute schema's
+            ``head_sizes`` (Market-1501's: :data:`tfmarket.attributes.HEADS`).
 
     Returns:
         float32 [N, sum of classes (2 per sigmoid head)]; the dot product of two rows is the
@@ -198,6 +199,10 @@ def distances(query_out: Mapping[str, np.ndarray], gallery_out: Mapping[str, np.
     else:
         dist = (1.0 - q @ g.T).astype(np.float32)
     if rule.attribute_weight > 0:
+        if not heads:
+            raise TfmarketError(f"the retrieval rule adds an attribute distance (weight "
+                                f"{rule.attribute_weight:g}), but the model has no attribute "
+                                "heads; use --retrieval plain")
         missing = [h for h in heads if h not in query_out or h not in gallery_out]
         if missing:
             raise TfmarketError(f"attribute-aware distance: no probabilities for heads {missing}")
@@ -236,7 +241,8 @@ def choose_rule(query_out: Mapping[str, np.ndarray], gallery_out: Mapping[str, n
         query_out, gallery_out: ``"embedding"`` float32 [N, D] / [M, D] and head probabilities.
         query_pids, gallery_pids, query_cams, gallery_cams: int [N] / [M] labels (gallery
             identity 0 = distractor).
-        heads: head -> number of classes.
+        heads: head -> number of classes; {} (a re-ID-only model) scores attribute weight 0
+            only.
         progress: optional callable(str) told what is being scored.
 
     Returns:
@@ -248,9 +254,12 @@ def choose_rule(query_out: Mapping[str, np.ndarray], gallery_out: Mapping[str, n
         raise TfmarketError("the grids must include attribute weight 0 and expansion (0, 3) "
                             "(the plain rule every choice is compared with)")
     labels = (query_pids, gallery_pids, query_cams, gallery_cams)
-    q_attr = attribute_features(query_out, heads)
-    g_attr = attribute_features(gallery_out, heads)
-    attr = attribute_distance(q_attr, g_attr, len(heads))
+    if heads:
+        q_attr = attribute_features(query_out, heads)
+        g_attr = attribute_features(gallery_out, heads)
+        attr = attribute_distance(q_attr, g_attr, len(heads))
+    else:
+        attribute_weight_grid = (0.0,)
     rows: list[dict] = []
 
     def score_all(base: RetrievalRule, dist: np.ndarray) -> None:

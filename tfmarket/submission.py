@@ -1,8 +1,9 @@
 """The course's submission files, written atomically and parsed back.
 
 * ``reid_test.txt``: one line per query, ``query.jpg: g1.jpg, g2.jpg, ...`` best first.
-* ``classification_test.csv``: ``id`` (image file name) then the 27 attribute columns in the
-  annotation file's order and encoding (1 = no, 2 = yes; age 1-4).
+* ``classification_test.csv``: ``id`` (image file name) then the model's attribute columns
+  in the annotation file's order and encoding: Market-1501's 27 (1 = no, 2 = yes; age 1-4),
+  the course's format, or another attribute schema's (DukeMTMC-reID: 23).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfmarket.attributes import COLUMNS
+from tfmarket.attributes import MARKET, AttributeSchema
 from tfmarket.errors import DataError
 
 
@@ -45,29 +46,33 @@ def read_reid(path: str | Path) -> dict[str, list[str]]:
     return result
 
 
-def write_classification(path: str | Path, names: list[str], columns: np.ndarray) -> None:
-    """``columns`` int [N, 27] in file encoding, one row per image name."""
+def write_classification(path: str | Path, names: list[str], columns: np.ndarray,
+                         schema: AttributeSchema = MARKET) -> None:
+    """``columns`` int [N, C] in ``schema``'s file order and encoding (Market-1501: C = 27),
+    one row per image name."""
     columns = np.asarray(columns)
-    if columns.shape != (len(names), len(COLUMNS)):
-        raise ValueError(f"expected [{len(names)}, {len(COLUMNS)}] columns, got {columns.shape}")
-    rows = ["id," + ",".join(COLUMNS)]
+    width = len(schema.columns)
+    if columns.shape != (len(names), width):
+        raise ValueError(f"expected [{len(names)}, {width}] columns, got {columns.shape}")
+    rows = ["id," + ",".join(schema.columns)]
     rows += [f"{n}," + ",".join(str(int(v)) for v in r) for n, r in zip(names, columns,
                                                                          strict=True)]
     _atomic_write(Path(path), "\n".join(rows) + "\n")
 
 
-def read_classification(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """Parses ``classification_test.csv`` -> (names, int [N, 27]), validating the encoding."""
+def read_classification(path: str | Path, schema: AttributeSchema = MARKET
+                        ) -> tuple[list[str], np.ndarray]:
+    """Parses ``classification_test.csv`` -> (names, int [N, C]), validating the encoding of
+    ``schema`` (Market-1501: C = 27)."""
     import pandas as pd
 
-    from tfmarket.attributes import columns_to_targets
-
     frame = pd.read_csv(path, dtype={"id": str})
-    if list(frame.columns) != ["id", *COLUMNS]:
-        raise DataError(f"{path}: header is not id + the 27 attribute columns")
-    values = frame[list(COLUMNS)].to_numpy(np.int64)
+    columns = list(schema.columns)
+    if list(frame.columns) != ["id", *columns]:
+        raise DataError(f"{path}: header is not id + the {len(columns)} attribute columns")
+    values = frame[columns].to_numpy(np.int64)
     try:
-        columns_to_targets(values)
+        schema.columns_to_targets(values)
     except ValueError as exc:
         raise DataError(f"{path}: {exc}") from None
     return frame["id"].tolist(), values

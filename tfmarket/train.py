@@ -7,9 +7,10 @@ Resume: rerunning the same command continues from the last finished epoch (Keras
 A finished run is not retrained: the command says so and exits; ``--restart`` wipes the run
 directory's training state and starts again.
 
-Run directory: ``config.yaml`` (resolved), ``backup/`` (resume state), ``tensorboard/``
-(train + validation events), ``best.keras`` (best validation mAP), ``model.keras`` (final),
-``history.csv``, ``metrics.json``.
+Run directory: ``config.yaml`` (resolved), ``schema.json`` (the attribute schema the heads were
+built from: the dataset's, see ``tfmarket.attributes``), ``backup/`` (resume state),
+``tensorboard/`` (train + validation events), ``best.keras`` (best validation mAP),
+``model.keras`` (final), ``history.csv``, ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tfmarket.errors import ConfigError, TfmarketError
+from tfmarket.attributes import MARKET, AttributeSchema
+from tfmarket.errors import ConfigError, DataError, TfmarketError
 
 if TYPE_CHECKING:  # for annotations only: at run time these would load Keras on --help
     import numpy as np
@@ -34,6 +36,10 @@ if TYPE_CHECKING:  # for annotations only: at run time these would load Keras on
     from tfmarket.evaluation import ValidationCallback
 
 DONE_MARKER = "metrics.json"
+SCHEMA_FILE = "schema.json"  # the run's attribute schema (AttributeSchema.to_dict())
+# Identities of the n-th dataset of data.extra_roots are offset by n x this (identity 23 of the
+# first extra dataset trains as 100023), so datasets never share an identity.
+EXTRA_PID_OFFSET = 100_000
 # What training writes in the run directory; --restart removes it (the data stays).
 TRAINING_STATE = ("backup", "tensorboard", "best.keras", "model.keras", "history.csv",
                   DONE_MARKER)
@@ -119,6 +125,10 @@ class TrainingData:
     val_gallery: Records
     validation: str = "holdout"  # what val_query/val_gallery are: holdout | official | none
     validation_reason: str = ""  # why (what data.validation: auto chose), one line
+    schema: AttributeSchema = MARKET  # the attribute heads: data.root's dataset's schema
+    # One entry per dataset trained on (data.root, then data.extra_roots): root, layout,
+    # attribute schema, identity offset, images, identities, whether it trains the attributes.
+    datasets: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -170,11 +180,18 @@ def run(config, workdir: Path, *, restart: bool = False, cpu_replicas: int = 0) 
         raise
     print(f"validation: {data.validation} ({data.validation_reason}); training on "
           f"{len(data.identities)} identities, {len(data.records)} images", flush=True)
+    print(f"attributes: {describe_schema(data.schema)}", flush=True)
+    for extra in data.datasets[1:]:
+        print(f"also training on {extra['layout']} at {extra['root']}: {extra['images']} "
+              f"images, {extra['identities']} identities (+{extra['pid_offset']}); attributes "
+              f"{'trained' if extra['trains_attributes'] else 'ignored (another schema)'}",
+              flush=True)
     config = replace(config, train=replace(
         config.train, precision=precision, precision_reason=reason),
         data=replace(config.data, validation=data.validation))
     if chief:
         save_config(config, workdir / "config.yaml")
+        save_schema(data.schema, workdir)
     keras.utils.set_random_seed(config.train.seed)
 
     previous_policy = keras.mixed_precision.global_policy()
@@ -198,12 +215,46 @@ def _remove_training_state(workdir: Path) -> None:
             target.unlink()
 
 
+def describe_schema(schema: AttributeSchema) -> str:
+    """One line: the schema's name and heads, or that the run is re-ID only."""
+    if not schema.heads:
+        return f"none ({schema.name} schema: re-identification only, no attribute heads)"
+    return (f"{schema.name} schema, {len(schema.heads)} heads over {len(schema.columns)} "
+            f"columns")
+
+
+def save_schema(schema: AttributeSchema, workdir: Path) -> None:
+    """Writes the run's attribute schema to ``workdir/schema.json``."""
+    (Path(workdir) / SCHEMA_FILE).write_text(json.dumps(schema.to_dict(), indent=2) + "\n")
+
+
+def run_schema(workdir: Path) -> AttributeSchema:
+    """The attribute schema a run directory's model was built with (``schema.json``);
+    Market-1501's for runs written before schemas existed."""
+    path = Path(workdir) / SCHEMA_FILE
+    if not path.is_file():
+        return MARKET
+    try:
+        return AttributeSchema.from_dict(json.loads(path.read_text()))
+    except ValueError as exc:
+        raise TfmarketError(f"{path}: {exc}") from None
+
+
 def load_training_data(data_cfg, workdir: Path) -> TrainingData:
     """Reads the dataset (generating a synthetic one in ``workdir/synthetic`` when
     ``data_cfg.root`` is empty), chooses the validation set (``data_cfg.validation``, see
-    :func:`tfmarket.data.split.validation_split`) and labels the training identities."""
+    :func:`tfmarket.data.split.validation_split`) and labels the training identities.
+
+    ``data_cfg.extra_roots`` add further datasets' training images (identities offset by
+    :data:`EXTRA_PID_OFFSET` per dataset, so they stay apart). The run's attribute schema is
+    ``data_cfg.root``'s; an extra dataset with the same schema trains the attribute heads too,
+    one with another schema (or none) trains re-ID only (its attribute targets are -1, which the
+    losses ignore). Validation comes from ``data_cfg.root`` alone.
+    """
+    import numpy as np
+
     from tfmarket.data.check import require_readable
-    from tfmarket.data.market1501 import load_dataset
+    from tfmarket.data.market1501 import concat_records, load_dataset
     from tfmarket.data.split import relabel, resolve_validation, validation_split
 
     root = data_cfg.root
@@ -222,11 +273,40 @@ def load_training_data(data_cfg, workdir: Path) -> TrainingData:
                                                      data_cfg.seed)
     if validation == "official":
         require_readable(val_query.paths + val_gallery.paths)
+    schema = dataset.schema
+    datasets = [_dataset_entry(dataset, train, 0, schema)]
+    parts = [train]
+    for n, extra_root in enumerate(data_cfg.extra_roots, 1):
+        extra = load_dataset(extra_root, "auto")
+        require_readable(extra.train.paths)
+        shifted = extra.train.subset(np.arange(len(extra.train)))
+        shifted.pids = shifted.pids + n * EXTRA_PID_OFFSET
+        parts.append(shifted)
+        datasets.append(_dataset_entry(extra, shifted, n * EXTRA_PID_OFFSET, schema))
+    if len(parts) > 1:
+        for part, entry in zip(parts, datasets, strict=True):
+            if len(part) and part.pids.max() - entry["pid_offset"] >= EXTRA_PID_OFFSET:
+                raise DataError(
+                    f"{entry['root']}: identity numbers reach "
+                    f"{part.pids.max() - entry['pid_offset']}; data.extra_roots keeps datasets "
+                    f"apart by adding multiples of {EXTRA_PID_OFFSET}, so identities must stay "
+                    "below it")
+        train = concat_records(parts, schema)
     labels, identities = relabel(train.pids)
     return TrainingData(records=train, labels=labels, identities=identities,
                         targets=attribute_targets(train), val_query=val_query,
                         val_gallery=val_gallery, validation=validation,
-                        validation_reason=reason)
+                        validation_reason=reason, schema=schema, datasets=tuple(datasets))
+
+
+def _dataset_entry(dataset, train: Records, offset: int, schema: AttributeSchema) -> dict:
+    """What metrics.json records of one dataset a run trains on."""
+    import numpy as np
+
+    return {"root": str(dataset.root), "layout": dataset.layout,
+            "attribute_schema": dataset.schema.name, "pid_offset": offset,
+            "images": len(train), "identities": int(len(np.unique(train.pids))),
+            "trains_attributes": bool(schema.heads) and dataset.schema == schema}
 
 
 def _train(config, paths: RunPaths, strategy, data: TrainingData, precision: str) -> dict:
@@ -262,7 +342,7 @@ def _train(config, paths: RunPaths, strategy, data: TrainingData, precision: str
     dataset_fn = _make_dataset_fn(data, data_cfg, first_step=done_epochs * setup.steps_per_epoch)
     inputs = strategy.distribute_datasets_from_function(dataset_fn)
     model = _compiled_model(config, strategy, len(data.identities), data.targets,
-                            setup.steps_per_epoch)
+                            setup.steps_per_epoch, schema=data.schema)
     if multi_worker:
         prebuild_for_multi_worker(model, strategy, dataset_fn)
 
@@ -307,6 +387,8 @@ def _make_dataset_fn(data: TrainingData, data_cfg, *, first_step: int):
 
     from tfmarket.data.pipeline import train_dataset
 
+    heads = data.schema.head_sizes
+
     def dataset_fn(context):
         # One call per worker (input pipeline): the worker trains on its own shard of the
         # identities and yields per-replica batches of whole identities.
@@ -320,20 +402,22 @@ def _make_dataset_fn(data: TrainingData, data_cfg, *, first_step: int):
             pad=data_cfg.pad, flip=data_cfg.flip, erase_prob=data_cfg.erase_prob,
             cache_bytes=data_cfg.cache, first_step=first_step,
         )
-        return ds.map(lambda x, y: (x, _model_targets(y)))
+        return ds.map(lambda x, y: (x, _model_targets(y, heads)))
 
     return dataset_fn
 
 
 def _compiled_model(config, strategy, num_identities: int, targets: dict[str, np.ndarray],
-                    steps_per_epoch: int):
+                    steps_per_epoch: int, schema: AttributeSchema | None = None):
     """The training model, compiled with its losses, optimizer and metrics.
 
     Built under ``strategy.scope()`` so its variables are mirrored across replicas.
-    ``targets`` (attribute head -> int32 [N]) set the attribute losses' class weights.
+    ``targets`` (attribute head -> int32 [N]) set the attribute losses' class weights;
+    ``schema`` gives the attribute heads (default Market-1501's).
     """
     from tfmarket.model import build_model
 
+    heads = (MARKET if schema is None else schema).head_sizes
     model_cfg = config.model
     with strategy.scope():
         model = build_model(
@@ -341,12 +425,12 @@ def _compiled_model(config, strategy, num_identities: int, targets: dict[str, np
             backbone=model_cfg.backbone, weights=model_cfg.weights or None,
             last_stride=model_cfg.last_stride, pooling=model_cfg.pooling,
             embedding_dim=model_cfg.embedding_dim, dropout=model_cfg.dropout,
-            fused_batchnorm=model_cfg.fused_batchnorm,
+            fused_batchnorm=model_cfg.fused_batchnorm, heads=heads,
         )
-        losses, loss_weights = build_losses(config, targets)
+        losses, loss_weights = build_losses(config, targets, heads)
         model.compile(
             optimizer=build_optimizer(config.train, steps_per_epoch),
-            loss=losses, loss_weights=loss_weights, metrics=build_metrics(),
+            loss=losses, loss_weights=loss_weights, metrics=build_metrics(heads),
             jit_compile=config.train.jit_compile,
         )
     return model
@@ -361,7 +445,7 @@ def _validation_callback(data: TrainingData, height: int, width: int, every: int
     if len(data.val_query) == 0 or every <= 0:
         return None
     return ValidationCallback(data.val_query, data.val_gallery, height, width, every=every,
-                              log_dir=str(log_dir), name=data.validation)
+                              log_dir=str(log_dir), name=data.validation, schema=data.schema)
 
 
 def _callbacks(paths: RunPaths, throughput: Throughput, validation: ValidationCallback | None,
@@ -453,6 +537,8 @@ def _run_metrics(model, fit: FitResult, data: TrainingData, setup: TrainingSetup
         "train_images": len(data.records),
         "train_identities": int(len(data.identities)),
         "identities": data.identities.tolist(),
+        "attribute_schema": data.schema.name,
+        "datasets": list(data.datasets),
         "validation_set": data.validation,
         "val_query_images": len(data.val_query),
         "val_gallery_images": len(data.val_gallery),
@@ -470,22 +556,28 @@ def _run_metrics(model, fit: FitResult, data: TrainingData, setup: TrainingSetup
     }
 
 
-def attribute_targets(records):
-    """Per-head int32 targets [N]; -1 where the image's identity has no annotation."""
+def attribute_targets(records, schema: AttributeSchema | None = None):
+    """Per-head int32 targets [N] of ``schema``'s heads (default: the records' own schema);
+    -1 where the image's identity has no annotation."""
     import numpy as np
 
-    from tfmarket.attributes import HEADS, columns_to_targets
-
+    schema = records.schema if schema is None else schema
+    targets = {h: np.full(len(records), -1, np.int32) for h in schema.head_sizes}
+    if records.schema != schema:
+        return targets  # another dataset's attributes: none of these heads is known
     known = records.has_attributes
-    targets = {h: np.full(len(records), -1, np.int32) for h in HEADS}
     if known.any():
-        for head, values in columns_to_targets(records.attributes[known]).items():
+        for head, values in schema.columns_to_targets(records.attributes[known]).items():
             targets[head][known] = values
     return targets
 
 
-def build_losses(config, targets):
-    """Loss and loss-weight dicts keyed by model output name."""
+def build_losses(config, targets, heads=None):
+    """Loss and loss-weight dicts keyed by model output name.
+
+    ``heads``: attribute head -> output width (1 = sigmoid); None = Market-1501's, {} = re-ID
+    only (no attribute losses).
+    """
     from tfmarket.attributes import HEADS
     from tfmarket.losses import (
         BinaryLoss,
@@ -495,14 +587,15 @@ def build_losses(config, targets):
         softmax_class_weights,
     )
 
+    heads = HEADS if heads is None else heads
     loss_cfg = config.loss
     losses = {
         "id": SoftmaxLoss(loss_cfg.label_smoothing, name="id_loss"),
         "features": TripletLoss(loss_cfg.margin, loss_cfg.soft_margin, name="triplet_loss"),
     }
     weights = {"id": loss_cfg.id_weight, "features": loss_cfg.triplet_weight}
-    per_head = loss_cfg.attribute_weight / len(HEADS)
-    for head, n_classes in HEADS.items():
+    per_head = loss_cfg.attribute_weight / max(len(heads), 1)
+    for head, n_classes in heads.items():
         if n_classes == 1:
             pos, neg = binary_weights(targets[head]) if loss_cfg.balance_attributes else (1, 1)
             losses[head] = BinaryLoss(pos, neg, name=f"{head}_loss")
@@ -514,17 +607,19 @@ def build_losses(config, targets):
     return losses, weights
 
 
-def build_metrics():
+def build_metrics(heads=None):
     """Training accuracy per output with a class target, keyed by output name.
 
     The binary heads output logits [B, 1], so their accuracy thresholds at 0 (probability 0.5).
+    ``heads`` as in :func:`build_losses`.
     """
     import keras
 
     from tfmarket.attributes import HEADS
 
+    heads = HEADS if heads is None else heads
     metrics = {"id": [keras.metrics.SparseCategoricalAccuracy(name="acc")]}
-    for head, n_classes in HEADS.items():
+    for head, n_classes in heads.items():
         metrics[head] = [
             keras.metrics.BinaryAccuracy(name="acc", threshold=0.0) if n_classes == 1
             else keras.metrics.SparseCategoricalAccuracy(name="acc")
@@ -566,18 +661,19 @@ def weights_digest(model) -> str:
     return digest.hexdigest()
 
 
-def _model_targets(y):
+def _model_targets(y, heads=None):
     """Pipeline targets -> one entry per model output that has a loss.
 
     ``y``: {"id": int32 [B], attribute head: int32 [B]}. Returns int32 [B] for "id",
     "features", "embedding" and the softmax heads, [B, 1] for the binary heads (as their
-    outputs).
+    outputs). ``heads`` as in :func:`build_losses`.
     """
     from tfmarket.attributes import HEADS
 
+    heads = HEADS if heads is None else heads
     # Keras matches targets to every output by name, also those without a loss.
     out = {"id": y["id"], "features": y["id"], "embedding": y["id"]}
-    for head, n_classes in HEADS.items():
+    for head, n_classes in heads.items():
         out[head] = y[head][:, None] if n_classes == 1 else y[head]
     return out
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfmarket.attributes import NO_ATTRIBUTES
 from tfmarket.data.filenames import parse_cuhk03
 from tfmarket.data.market1501 import Records, ReidDataset, make_records
 from tfmarket.errors import DataError
@@ -115,7 +116,7 @@ def _split(protocol: dict, key: str, folder: Path, mat: Path) -> Records:
                 f"images of this split missing)"
             )
     cams = [parse_cuhk03(p).view for p in paths]
-    return make_records(paths, protocol["labels"][index], cams)
+    return make_records(paths, protocol["labels"][index], cams, schema=NO_ATTRIBUTES)
 
 
 def load_cuhk03(root: str | Path, variant: str = "labeled") -> ReidDataset:

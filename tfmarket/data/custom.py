@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tfmarket.attributes import NO_ATTRIBUTES
 from tfmarket.data.filenames import DISTRACTOR_ID, JUNK_ID, list_images
 from tfmarket.data.listfile import ListEntry, parse_int, read_list, require_files
 from tfmarket.data.market1501 import Records, ReidDataset, make_records
@@ -81,7 +82,7 @@ def _from_list(path: Path, train: bool) -> Records:
         pids.append(pid)
         cams.append(cam)
     require_files(path, entries)
-    return make_records([e.path for e in kept], pids, cams)
+    return make_records([e.path for e in kept], pids, cams, schema=NO_ATTRIBUTES)
 
 
 def _from_folders(folder: Path, train: bool) -> Records:
@@ -110,7 +111,7 @@ def _from_folders(folder: Path, train: bool) -> Records:
             continue
         paths += images
         pids += [pid] * len(images)
-    return make_records(paths, pids, [UNKNOWN_CAMERA] * len(paths))
+    return make_records(paths, pids, [UNKNOWN_CAMERA] * len(paths), schema=NO_ATTRIBUTES)
 
 
 def _read_split(root: Path, split: str) -> tuple[Records | None, str]:
@@ -138,7 +139,7 @@ def load_custom(root: str | Path) -> ReidDataset:
             f"{root}: {given} is given but {lacking} is not (give both {lacking}.csv / "
             f"{lacking}.txt / {lacking}/ and {given}, or neither)"
         )
-    empty = make_records([], [], [])
+    empty = make_records([], [], [], schema=NO_ATTRIBUTES)
     records = {s: r if r is not None else empty for s, (r, _) in splits.items()}
     sources = {s: name or "-" for s, (_, name) in splits.items()}
     return ReidDataset("custom", root, records["train"], records["query"], records["gallery"],

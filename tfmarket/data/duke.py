@@ -10,9 +10,10 @@ Layout (as the ``DukeMTMC-reID.zip`` archive extracts)::
 
 Identity numbers are kept as in the file names. Unlike Market-1501 the archive has no junk
 (``-1``) or ``0000`` distractor images; the gallery's 408 distractor identities are ordinary
-identity numbers that appear in no query. Records carry no Market-1501 attributes (all 0); the
-Duke attributes go to ``Records.extra_attributes`` in :data:`DUKE_ATTRIBUTES` order, in the file's
-encoding (1 = no, 2 = yes; see :data:`DUKE_MEANING`), 0 where the identity has no annotation.
+identity numbers that appear in no query. Records carry the Duke attributes in their own schema
+(:data:`tfmarket.attributes.DUKE`): ``Records.attributes`` int64 [N, 23] in
+:data:`DUKE_ATTRIBUTES` order and the file's encoding (1 = no, 2 = yes; see :data:`DUKE_MEANING`),
+0 where the identity has no annotation (or there is no ``duke_attribute.mat``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfmarket.attributes import DUKE, DUKE_COLUMNS
 from tfmarket.data.filenames import list_images, parse_duke
 from tfmarket.data.market1501 import (
     ORIGINAL_DIRS,
@@ -31,14 +33,10 @@ from tfmarket.data.market1501 import (
 from tfmarket.errors import DataError
 
 # The 23 attribute fields of duke_attribute.mat (https://github.com/vana77/DukeMTMC-attribute),
-# in the order of its train struct; the test struct stores them in another order, so they are
-# always read by name. Besides these, each struct has ``image_index`` (the identities).
-DUKE_ATTRIBUTES = (
-    "backpack", "bag", "handbag", "boots", "gender", "hat", "shoes", "top",
-    "downblack", "downwhite", "downred", "downgray", "downblue", "downgreen", "downbrown",
-    "upblack", "upwhite", "upred", "uppurple", "upgray", "upblue", "upgreen", "upbrown",
-)
-assert len(DUKE_ATTRIBUTES) == 23
+# in the order of its train struct (tfmarket.attributes.DUKE_COLUMNS, the DUKE schema's columns);
+# the test struct stores them in another order, so they are always read by name. Besides these,
+# each struct has ``image_index`` (the identities).
+DUKE_ATTRIBUTES = DUKE_COLUMNS
 # What value 2 means (1 means the opposite), as the annotation's authors describe the fields.
 DUKE_MEANING = {
     "backpack": "carries a backpack",
@@ -80,7 +78,7 @@ def find_attribute_file(root: Path) -> Path | None:
 def _read_split(folder: Path, table: dict[int, np.ndarray] | None, train: bool):
     paths = list_images(folder)
     parsed = [parse_duke(p) for p in paths]
-    extra = None
+    attributes = None
     if table is not None:
         unknown = np.zeros(len(DUKE_ATTRIBUTES), dtype=np.int64)
         missing = [(p, name.pid) for p, name in zip(paths, parsed, strict=True)
@@ -91,14 +89,14 @@ def _read_split(folder: Path, table: dict[int, np.ndarray] | None, train: bool):
                 f"{path}: identity {pid:04d} has no entry in {ATTRIBUTE_FILE} "
                 f"({len({p for _, p in missing})} training identities missing)"
             )
-        extra = np.reshape([table.get(name.pid, unknown) for name in parsed],
-                           (len(paths), len(DUKE_ATTRIBUTES)))
+        attributes = np.reshape([table.get(name.pid, unknown) for name in parsed],
+                                (len(paths), len(DUKE_ATTRIBUTES)))
     return make_records(
         paths,
         [name.pid for name in parsed],
         [name.camera for name in parsed],
-        extra=extra,
-        attribute_names=DUKE_ATTRIBUTES if table is not None else (),
+        attributes,
+        schema=DUKE,
     )
 
 

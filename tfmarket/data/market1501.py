@@ -15,9 +15,10 @@ Course layout::
     ROOT/train/  annotations_train.csv  test/  queries/
 
 Identity ``-1`` (junk) is dropped; identity ``0`` (``0000``, distractors) stays in the gallery as
-a negative and never enters training. Attributes are stored per image in the annotation
-files' own encoding (:data:`tfmarket.attributes.COLUMNS`, 1 = no, 2 = yes, age 1-4), with 0 where
-unknown (no annotation file, distractors, unlabelled splits).
+a negative and never enters training. Attributes are stored per image in the dataset's own
+attribute schema and its annotation files' encoding (``Records.schema``; Market-1501:
+:data:`tfmarket.attributes.MARKET`, 1 = no, 2 = yes, age 1-4), with 0 where unknown (no
+annotation file, distractors, unlabelled splits).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfmarket.attributes import COLUMNS, columns_to_targets
+from tfmarket.attributes import COLUMNS, MARKET, AttributeSchema, columns_to_targets
 from tfmarket.data.filenames import (
     DISTRACTOR_ID,
     IMAGE_SUFFIXES,
@@ -65,13 +66,12 @@ class Records:
         paths: list[str] [N] absolute image paths.
         pids: int64 [N] dataset identity (0 = distractor; -1 where unlabelled).
         cams: int64 [N] camera number (-1 where unknown).
-        attributes: int64 [N, 27] Market-1501 attributes in file encoding; 0 = unknown (all 0
-            for datasets without Market-1501 attributes).
+        attributes: int64 [N, len(schema.columns)] the dataset's attributes in its file encoding
+            (Market-1501: [N, 27], 1 = no, 2 = yes, age 1-4; DukeMTMC-reID: [N, 23]); 0 =
+            unknown; [N, 0] for a dataset without attributes.
         labelled: whether pids/cams are real labels.
-        extra_attributes: int64 [N, len(attribute_names)] a dataset's own attribute annotations
-            in its file encoding (DukeMTMC-reID: 1 = no, 2 = yes), 0 = unknown; None when the
-            dataset has none. Not used by training yet.
-        attribute_names: the columns of ``extra_attributes``.
+        schema: the dataset's attribute schema (:mod:`tfmarket.attributes`): the columns of
+            ``attributes`` and the model heads they train.
     """
 
     paths: list[str]
@@ -79,8 +79,7 @@ class Records:
     cams: np.ndarray
     attributes: np.ndarray
     labelled: bool = True
-    extra_attributes: np.ndarray | None = None
-    attribute_names: tuple[str, ...] = ()
+    schema: AttributeSchema = MARKET
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -95,14 +94,36 @@ class Records:
             self.cams[idx],
             self.attributes[idx],
             self.labelled,
-            None if self.extra_attributes is None else self.extra_attributes[idx],
-            self.attribute_names,
+            self.schema,
         )
 
     @property
+    def attribute_names(self) -> tuple[str, ...]:
+        """The columns of ``attributes`` (the schema's file columns)."""
+        return self.schema.columns
+
+    @property
     def has_attributes(self) -> np.ndarray:
-        """bool [N]: the image's identity has attribute annotations."""
+        """bool [N]: the image's identity has attribute annotations (never, without columns)."""
+        if self.attributes.shape[1] == 0:
+            return np.zeros(len(self), dtype=bool)
         return (self.attributes > 0).all(axis=1)
+
+
+def concat_records(parts: list[Records], schema: AttributeSchema) -> Records:
+    """The images of several splits in one, with ``schema``'s columns: a part in another schema
+    contributes its images with every attribute unknown (0)."""
+    width = len(schema.columns)
+    attributes = [p.attributes if p.schema == schema
+                  else np.zeros((len(p), width), np.int64) for p in parts]
+    return Records(
+        [path for p in parts for path in p.paths],
+        np.concatenate([p.pids for p in parts]).astype(np.int64),
+        np.concatenate([p.cams for p in parts]).astype(np.int64),
+        np.concatenate(attributes).reshape(-1, width).astype(np.int64),
+        all(p.labelled for p in parts),
+        schema,
+    )
 
 
 @dataclasses.dataclass
@@ -127,23 +148,26 @@ class ReidDataset:
     def splits(self) -> dict[str, Records]:
         return {"train": self.train, "query": self.query, "gallery": self.gallery}
 
+    @property
+    def schema(self) -> AttributeSchema:
+        """The dataset's attribute schema (every split has the same)."""
+        return self.train.schema
 
-def make_records(paths, pids, cams, attributes=None, labelled=True, extra=None,
-                 attribute_names=()) -> Records:
-    """Records from lists; ``attributes=None`` = Market-1501 attributes unknown (all 0)."""
+
+def make_records(paths, pids, cams, attributes=None, labelled=True,
+                 schema: AttributeSchema = MARKET) -> Records:
+    """Records from lists; ``attributes=None`` = every attribute of ``schema`` unknown (0)."""
     n = len(paths)
+    width = len(schema.columns)
     if attributes is None:
-        attributes = np.zeros((n, len(COLUMNS)), dtype=np.int64)
-    if extra is not None:
-        extra = np.asarray(extra, dtype=np.int64).reshape(n, len(attribute_names))
+        attributes = np.zeros((n, width), dtype=np.int64)
     return Records(
         [str(p) for p in paths],
         np.asarray(pids, dtype=np.int64).reshape(n),
         np.asarray(cams, dtype=np.int64).reshape(n),
-        np.asarray(attributes, dtype=np.int64).reshape(n, len(COLUMNS)),
+        np.asarray(attributes, dtype=np.int64).reshape(n, width),
         labelled,
-        extra,
-        tuple(attribute_names),
+        schema,
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tfmarket.attributes import NO_ATTRIBUTES
 from tfmarket.data.filenames import msmt17_camera
 from tfmarket.data.listfile import parse_int, read_list, require_files
 from tfmarket.data.market1501 import Records, ReidDataset, make_records
@@ -67,7 +68,7 @@ def read_msmt17_list(list_path: Path, image_folder: Path) -> Records:
             raise DataError(f"{list_path}: line {entry.line}: {exc}") from None
         pids.append(pid + PID_OFFSET)
     require_files(list_path, entries)
-    return make_records([e.path for e in entries], pids, cams)
+    return make_records([e.path for e in entries], pids, cams, schema=NO_ATTRIBUTES)
 
 
 def load_msmt17(root: str | Path, include_val: bool = True) -> ReidDataset:
@@ -82,7 +83,7 @@ def load_msmt17(root: str | Path, include_val: bool = True) -> ReidDataset:
     if include_val:
         val = read_msmt17_list(root / "list_val.txt", train_dir)
         train = make_records(train.paths + val.paths, [*train.pids, *val.pids],
-                             [*train.cams, *val.cams])
+                             [*train.cams, *val.cams], schema=NO_ATTRIBUTES)
     query = read_msmt17_list(root / "list_query.txt", test_dir)
     gallery = read_msmt17_list(root / "list_gallery.txt", test_dir)
     sources = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmarket.attributes import COLUMNS, UPPER_COLORS
+from tfmarket.attributes import AttributeSchema
 from tfmarket.data.market1501 import Records, ReidDataset
 
 
@@ -24,24 +24,29 @@ def split_summary(records: Records) -> dict:
         out["cameras"] = None
     known = records.has_attributes
     out["attribute_coverage"] = float(known.mean()) if len(records) else 0.0
-    if records.extra_attributes is not None:
-        annotated = (records.extra_attributes > 0).any(axis=1)
-        out["extra_attributes"] = {
-            "names": list(records.attribute_names),
-            "coverage": float(annotated.mean()) if len(records) else 0.0,
-        }
     if known.any():
-        attrs = records.attributes[known]
-        n_up = len(UPPER_COLORS)
-        up = attrs[:, 10:10 + n_up] == 2
-        down = attrs[:, 10 + n_up:] == 2
-        out["no_upper_color"] = float((~up.any(1)).mean())
-        out["no_lower_color"] = float((~down.any(1)).mean())
-        out["positive_rate"] = {
-            name: float((attrs[:, i] == 2).mean()) for i, name in enumerate(COLUMNS) if i > 0
-        }
-        out["age_distribution"] = {
-            str(a): float((attrs[:, 0] == a).mean()) for a in (1, 2, 3, 4)
+        out.update(attribute_statistics(records.attributes[known], records.schema))
+    return out
+
+
+def attribute_statistics(attrs: np.ndarray, schema: AttributeSchema) -> dict:
+    """Rates of the annotated rows ``attrs`` [N, columns] in ``schema``'s encoding: the share
+    with no column of each group marked (``no_upper_color``), every yes/no column's positive
+    rate, and each multi-class column's distribution (``age_distribution``)."""
+    out: dict = {}
+    for head in schema.heads:
+        if head.kind == "group":
+            index = [schema.columns.index(c) for c in head.columns]
+            out[f"no_{head.name}"] = float((~(attrs[:, index] == 2).any(1)).mean())
+    multiclass = schema.multiclass
+    out["positive_rate"] = {
+        name: float((attrs[:, i] == 2).mean())
+        for i, name in enumerate(schema.columns) if name not in multiclass
+    }
+    for name, n_classes in multiclass.items():
+        i = schema.columns.index(name)
+        out[f"{name}_distribution"] = {
+            str(a): float((attrs[:, i] == a).mean()) for a in range(1, n_classes + 1)
         }
     return out
 
@@ -56,6 +61,7 @@ def dataset_summary(dataset: ReidDataset) -> dict:
     out = {"root": str(dataset.root), "layout": dataset.layout}
     if dataset.variant:
         out["variant"] = dataset.variant
+    out["attribute_schema"] = dataset.schema.name
     out["splits"] = {
         key: {"folder": names[key], **split_summary(records)}
         for key, records in dataset.splits().items()
@@ -64,8 +70,8 @@ def dataset_summary(dataset: ReidDataset) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    """The summary as a table; the attrs column is the Market-1501 attribute coverage, or the
-    dataset's own attributes' (DukeMTMC-reID) where it has those."""
+    """The summary as a table; the attrs column is the share of images with the dataset's own
+    attributes annotated ("-" for a dataset without attributes)."""
     variant = f", {summary['variant']}" if summary.get("variant") else ""
     lines = [f"{summary['root']}  (layout: {summary['layout']}{variant})"]
     header = f"{'split':<8} {'folder':<20} {'images':>8} {'ids':>6} {'cams':>5} {'attrs':>6}"
@@ -73,8 +79,9 @@ def format_summary(summary: dict) -> str:
     for key, s in summary["splits"].items():
         ids = "-" if s["identities"] is None else s["identities"]
         cams = "-" if s["cameras"] is None else s["cameras"]
-        coverage = s.get("extra_attributes", {}).get("coverage", s["attribute_coverage"])
+        coverage = (f"{s['attribute_coverage']:>6.0%}"
+                    if summary.get("attribute_schema") != "none" else f"{'-':>6}")
         lines.append(
-            f"{key:<8} {s['folder']:<20} {s['images']:>8} {ids:>6} {cams:>5} {coverage:>6.0%}"
+            f"{key:<8} {s['folder']:<20} {s['images']:>8} {ids:>6} {cams:>5} {coverage}"
         )
     return "\n".join(lines)

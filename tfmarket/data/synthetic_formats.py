@@ -62,9 +62,22 @@ def _cell(strings) -> np.ndarray:
 
 
 def duke_attribute_rows(pids, seed: int = 0) -> dict[int, np.ndarray]:
-    """Random 1/2 rows (DUKE_ATTRIBUTES order) for some identities."""
+    """Random rows (DUKE_ATTRIBUTES order, 1 = no, 2 = yes) for some identities: each yes/no
+    attribute drawn, at most one upper and one lower colour marked (sometimes none)."""
     rng = np.random.default_rng(seed)
-    return {pid: rng.integers(1, 3, len(DUKE_ATTRIBUTES)).astype(np.int64) for pid in pids}
+    rows = {}
+    for pid in pids:
+        row = np.ones(len(DUKE_ATTRIBUTES), dtype=np.int64)
+        for i, name in enumerate(DUKE_ATTRIBUTES):
+            if not name.startswith(("up", "down")):
+                row[i] = rng.integers(1, 3)
+        for prefix in ("up", "down"):
+            group = [i for i, n in enumerate(DUKE_ATTRIBUTES) if n.startswith(prefix)]
+            pick = int(rng.integers(0, len(group) + 1))  # len(group): no colour marked
+            if pick < len(group):
+                row[group[pick]] = 2
+        rows[pid] = row
+    return rows
 
 
 def write_duke_attribute_mat(path: Path, tables: dict[str, dict[int, np.ndarray]]) -> None:

@@ -1,4 +1,5 @@
-"""TensorFlow Datasets builder ``market1501`` for both Market-1501 layouts (manual download).
+"""TensorFlow Datasets builders ``market1501`` (both Market-1501 layouts) and ``reid_crops``
+(DukeMTMC-reID, MSMT17, CUHK03, your own crops), all from a manual download.
 
 The builder does not download anything: point it at the extracted folder, and it reads it with
 this project's own readers (:func:`tfmarket.data.market1501.load_dataset`), so the TFDS splits
@@ -9,8 +10,16 @@ rest of ``tfmarket`` sees. Two configs:
 * ``market1501/course`` -- the course layout; splits ``train``, ``query`` (``queries/``) and
   ``test`` (``test/``), the last two unlabelled (``id`` and ``camera`` are -1).
 
-Each split keeps :func:`load_dataset`'s order (sorted file names), so example ``i`` of a split is
-record ``i`` of the matching :class:`~tfmarket.data.market1501.Records`.
+``reid_crops`` has one config per other dataset tfmarket reads (``dukemtmcreid``, ``msmt17``,
+``cuhk03_labeled``, ``cuhk03_detected``, ``custom``; folder layouts in ``docs/datasets.md``), each
+with splits ``train``, ``query``, ``gallery`` (a split the folder lacks is left out). Its
+``attributes`` feature is the dataset's own attribute schema (DukeMTMC-reID: int64 [23]; the
+schema is in the metadata as ``attribute_schema``); datasets without attributes have no
+``attributes`` feature.
+
+Each split keeps :func:`load_dataset`'s order (sorted file names, or the list files' order), so
+example ``i`` of a split is record ``i`` of the matching
+:class:`~tfmarket.data.market1501.Records`.
 
 Usage::
 
@@ -34,11 +43,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from tfmarket.attributes import COLUMNS
+from tfmarket.attributes import COLUMNS, schema_for_layout
 from tfmarket.data.market1501 import Records, load_dataset
 from tfmarket.errors import ConfigError, DataError
 
-__all__ = ["CONFIGS", "Market1501", "Market1501Config", "build"]
+__all__ = ["CONFIGS", "REID_CONFIGS", "Market1501", "Market1501Config", "ReidCrops", "build"]
 
 HOMEPAGE = "https://zheng-lab.cecs.anu.edu.au/Project/project_reid.html"
 ATTRIBUTES_HOMEPAGE = "https://github.com/vana77/Market-1501_Attribute"
@@ -220,18 +229,103 @@ class Market1501(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, records: Records):
         """Yields (index, example); integer keys keep the readers' order."""
+        with_attributes = records.attributes.shape[1] > 0
         for i, path in enumerate(records.paths):
             path = Path(path)
-            yield (
-                i,
-                {
-                    "image": _image_bytes(path),
-                    "file_name": path.name,
-                    "id": int(records.pids[i]),
-                    "camera": int(records.cams[i]),
-                    "attributes": records.attributes[i].astype(np.int64),
-                },
-            )
+            example = {
+                "image": _image_bytes(path),
+                "file_name": path.name,
+                "id": int(records.pids[i]),
+                "camera": int(records.cams[i]),
+            }
+            if with_attributes:
+                example["attributes"] = records.attributes[i].astype(np.int64)
+            yield i, example
+
+
+_REID_SPLITS = (("train", "train"), ("query", "query"), ("gallery", "gallery"))
+REID_CONFIGS = (
+    Market1501Config(
+        name="dukemtmcreid",
+        description="DukeMTMC-reID (bounding_box_train/, bounding_box_test/, query/, optional "
+                    "duke_attribute.mat): splits train, query, gallery; its 23 attributes.",
+        layout="dukemtmcreid", splits=_REID_SPLITS),
+    Market1501Config(
+        name="msmt17",
+        description="MSMT17 V1 or V2 (list_*.txt + image folders; train = list_train + "
+                    "list_val): splits train, query, gallery; no attributes.",
+        layout="msmt17", splits=_REID_SPLITS),
+    Market1501Config(
+        name="cuhk03_labeled",
+        description="CUHK03, new 767/700 protocol, labeled boxes: splits train, query, "
+                    "gallery; no attributes.",
+        layout="cuhk03-labeled", splits=_REID_SPLITS),
+    Market1501Config(
+        name="cuhk03_detected",
+        description="CUHK03, new 767/700 protocol, detected boxes: splits train, query, "
+                    "gallery; no attributes.",
+        layout="cuhk03-detected", splits=_REID_SPLITS),
+    Market1501Config(
+        name="custom",
+        description="Your own crops (train.csv / train.txt / train/<pid>/, the same for query "
+                    "and gallery): splits train and, when given, query and gallery.",
+        layout="custom", splits=_REID_SPLITS),
+)
+
+REID_INSTRUCTIONS = """\
+These datasets cannot be downloaded automatically. Download and extract one yourself, then pass
+its folder as `manual_dir`, with the config naming the dataset: `dukemtmcreid` (the folder
+DukeMTMC-reID.zip extracts to, optionally with duke_attribute.mat), `msmt17` (MSMT17_V1/ or
+MSMT17_V2/, the folder holding list_train.txt), `cuhk03_labeled` / `cuhk03_detected` (the
+folder holding cuhk03_new_protocol_config_*.mat and images_labeled/ or images_detected/; see
+`python -m tfmarket.data extract-cuhk03`), `custom` (train.csv / train.txt / train/<pid>/).
+tfmarket's docs/datasets.md gives every layout.
+"""
+
+
+class ReidCrops(Market1501):
+    """Person re-identification crops of the other datasets tfmarket reads (not Market-1501),
+    each with identity, camera and, where the dataset has them, its own attributes."""
+
+    name = "reid_crops"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release: DukeMTMC-reID, MSMT17, CUHK03, custom."}
+    BUILDER_CONFIGS = list(REID_CONFIGS)
+    DEFAULT_CONFIG_NAME = "dukemtmcreid"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = REID_INSTRUCTIONS
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        layout = self.builder_config.layout
+        schema = schema_for_layout(layout)
+        features = {
+            "image": tfds.features.Image(
+                shape=(None, None, 3), encoding_format="jpeg",
+                doc="RGB crop (the file's own bytes; grayscale decodes to 3 channels)."),
+            "file_name": tfds.features.Text(doc="Image file name, without folder."),
+            "id": tfds.features.Scalar(
+                np.int64, doc="Identity (0 = distractor, -1 = unlabelled split)."),
+            "camera": tfds.features.Scalar(np.int64, doc="Camera number (-1 = unknown)."),
+        }
+        if schema.columns:
+            features["attributes"] = tfds.features.Tensor(
+                shape=(len(schema.columns),), dtype=np.int64,
+                doc=f"Attributes in metadata['attribute_names'] order; {schema.encoding}; "
+                    "0 = unknown.")
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=(
+                "Person re-identification crops read by tfmarket's readers (docs/datasets.md)."
+                f"\n\nConfig: {self.builder_config.description}\n\n"
+                "Examples keep tfmarket's reader order."),
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=("image", "id"),
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(
+                attribute_names=list(schema.columns),
+                attribute_schema=schema.to_dict(),
+                layout=layout,
+            ),
+        )
 
 
 def _image_bytes(path: Path) -> bytes:
@@ -258,13 +352,16 @@ def build(
     config: str = "course",
     overwrite: bool = False,
 ) -> Market1501:
-    """Prepares ``market1501/<config>`` from an extracted folder and returns the builder.
+    """Prepares ``market1501/<config>`` (or ``reid_crops/<config>``) from an extracted folder
+    and returns the builder.
 
     Args:
         manual_dir: the extracted dataset folder (see ``MANUAL_DOWNLOAD_INSTRUCTIONS``).
         data_dir: where TFDS writes the prepared dataset (``data_dir/market1501/<config>/1.0.0``;
             ``data_dir/downloads`` is created, empty, as TFDS always does).
-        config: ``"course"`` or ``"original"``.
+        config: ``"course"`` or ``"original"`` (``market1501``); ``"dukemtmcreid"``,
+            ``"msmt17"``, ``"cuhk03_labeled"``, ``"cuhk03_detected"`` or ``"custom"``
+            (``reid_crops``).
         overwrite: rebuild even if ``data_dir`` already holds this config and version (otherwise
             the existing files are reused and ``manual_dir`` is not read again).
 
@@ -275,13 +372,14 @@ def build(
         ConfigError: unknown config.
         DataError: ``manual_dir`` is missing or not a dataset in the config's layout.
     """
-    valid = [c.name for c in CONFIGS]
-    if config not in valid:
-        raise ConfigError(f"unknown market1501 config {config!r}; valid configs: {valid}")
+    classes = {**{c.name: Market1501 for c in CONFIGS}, **{c.name: ReidCrops for c in REID_CONFIGS}}
+    if config not in classes:
+        raise ConfigError(f"unknown config {config!r}; valid configs: {list(classes)}")
+    cls = classes[config]
     manual = Path(manual_dir).expanduser().resolve()
     if not manual.is_dir():
-        raise DataError(f"{manual}: dataset folder not found (manual_dir of market1501/{config})")
-    builder = Market1501(data_dir=str(Path(data_dir).expanduser()), config=config)
+        raise DataError(f"{manual}: dataset folder not found (manual_dir of {cls.name}/{config})")
+    builder = cls(data_dir=str(Path(data_dir).expanduser()), config=config)
     mode = (
         tfds.download.GenerateMode.FORCE_REDOWNLOAD
         if overwrite
