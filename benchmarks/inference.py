@@ -15,9 +15,9 @@ batch 1 and 64 (``--batches``). Rows:
 * ``ort-int8-dynamic``: ``onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)`` of it
   (``tfmarket.quantize.quantize_dynamic_int8``; what ``export --int8`` wrote until 2026-12-03).
 * ``ort-int8-static``: QDQ, per-channel, calibrated on ``--calibration-images`` (200) real
-  training crops, by ``tfmarket.quantize.quantize_static_int8``, as ``export --int8`` now
-  writes ``model.int8.onnx``. ``ort-int8-static-u8``: the same with uint8 activations (U8S8,
-  the operand layout of x86's VNNI int8 dot products) instead of int8 (S8S8).
+  training crops, by ``tfmarket.quantize.quantize_static_int8`` with int8 activations (S8S8).
+  ``ort-int8-static-u8``: the same with uint8 activations (U8S8, the operand layout of x86's
+  VNNI int8 dot products): what ``export --int8`` writes as ``model.int8.onnx``.
   Where that function cannot be imported the row is left out and the reason printed.
 * ``keras``: :func:`tfmarket.model.build_inference_model` (the graph export writes), called
   with ``predict_on_batch`` (Keras's compiled predict function; ``__call__`` runs eagerly).

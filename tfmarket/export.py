@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx")
     parser.add_argument("--int8", action="store_true",
                         help="also write model.int8.onnx for CPU serving: static int8 (QDQ, "
-                        "per-channel), calibrated on 200 of the run's training crops")
+                        "per-channel int8 weights, uint8 activations), calibrated on 200 of "
+                        "the run's training crops")
     parser.add_argument("--checkpoint", default="best", choices=["best", "final"],
                         help="best validation mAP (best.keras, if kept) or the final model")
     parser.add_argument("--parity-images", type=int, default=32)
@@ -139,9 +140,10 @@ def export_model(model, out: Path, images, *, onnx: bool = True, int8: bool = Fa
 
         target = out / "model.int8.onnx"
         if calibration_images is not None and len(calibration_images):
-            quantize_static_int8(out / "model.onnx", target, calibration_images)
-            method = (f"static: QDQ, per-channel int8 weights, int8 activations calibrated on "
-                      f"{len(calibration_images)} training crops")
+            quantize_static_int8(out / "model.onnx", target, calibration_images,
+                                 activations="uint8")
+            method = (f"static: QDQ, per-channel int8 weights, uint8 activations (U8S8) "
+                      f"calibrated on {len(calibration_images)} training crops")
         else:
             quantize_dynamic_int8(out / "model.onnx", target)
             method = "dynamic: int8 weights, activations quantised per batch"

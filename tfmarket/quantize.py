@@ -1,10 +1,11 @@
 """int8 variants of an exported ONNX model, for CPU serving (onnxruntime).
 
 * dynamic: weights int8 ahead of time, activations quantised per batch at run time (no data
-  needed; what ``export --int8`` writes today);
-* static: weights int8 per output channel and activations int8 with ranges calibrated once on
-  real crops, written in QDQ format (QuantizeLinear/DequantizeLinear pairs that onnxruntime
-  fuses into int8 kernels: VNNI on AVX-512 CPUs, AMX-INT8 where present).
+  needed; what ``export --int8`` wrote until 2026-12-03; far slower than fp32 on ResNet50 here);
+* static: weights int8 per output channel and activations uint8 (or int8) with ranges
+  calibrated once on real crops, written in QDQ format (QuantizeLinear/DequantizeLinear pairs
+  that onnxruntime fuses into int8 kernels: VNNI on AVX-512 CPUs, AMX-INT8 where present);
+  what ``export --int8`` writes.
 
 Both take and give the same tensors as the float model (uint8 images [N, H, W, 3] in; embedding
 and attribute outputs in float32), so ``rank --model model.int8.onnx`` needs nothing else.
@@ -49,7 +50,7 @@ class _Batches:
 
 def quantize_static_int8(onnx_path: str | Path, out_path: str | Path,
                          calibration_images: np.ndarray, *, batch: int = 32,
-                         per_channel: bool = True, activations: str = "int8") -> Path:
+                         per_channel: bool = True, activations: str = "uint8") -> Path:
     """Static int8, QDQ format, per-channel weights, activation ranges from real crops.
 
     Args:
@@ -57,8 +58,11 @@ def quantize_static_int8(onnx_path: str | Path, out_path: str | Path,
         calibration_images: uint8 [N, H, W, 3], e.g. ~200 training crops decoded with
             :func:`tfmarket.preprocess.load_images_numpy` (the same preprocessing as serving).
         batch: images per calibration run.
-        activations: ``"int8"`` (S8S8 with the int8 weights, onnxruntime's default for QDQ) or
-            ``"uint8"`` (U8S8: the layout x86's VNNI / AVX-512 int8 dot products take natively).
+        activations: ``"uint8"`` (U8S8 with the int8 weights: the operand layout of x86's VNNI
+            int8 dot products; 3.2x fp32 at batch 64 on the AMD EPYC here, see
+            benchmarks/README.md) or ``"int8"`` (S8S8, onnxruntime's default for QDQ: 1.2x
+            there). On x86 CPUs without VNNI (AVX2 only) U8S8's 16-bit intermediate sums can
+            saturate: check the drift ``export`` reports in the model card.
 
     Returns:
         ``out_path``. The model is first shape-inferred (ONNX's inference, not the
