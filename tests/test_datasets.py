@@ -339,3 +339,29 @@ def test_config_layout_accepts_every_dataset():
     assert CHOICES["data.layout"] == ("auto", *LAYOUTS)
     for name in LAYOUTS:
         assert load_config(overrides=[f"data.layout={name}"]).data.layout == name
+
+
+def test_data_dataset_names_the_dataset_for_training(tmp_path):
+    from tfmarket.config import dataset_name
+    from tfmarket.errors import ConfigError
+    from tfmarket.train import load_training_data
+
+    assert CHOICES["data.dataset"] == CHOICES["data.layout"]
+    root = tmp_path / "duke"
+    write_duke(root, train_ids=tuple(range(1, 13)), images_per_id=4)
+    config = load_config(overrides=[f"data.root={root}", "data.dataset=dukemtmcreid"])
+    assert dataset_name(config.data) == "dukemtmcreid"
+    data = load_training_data(config.data, tmp_path / "run")
+    # Duke has a labelled query/gallery: auto validation is official, every identity trains.
+    assert data.validation == "official" and len(data.identities) == 12
+    assert data.records.schema.name == "dukemtmcreid"
+    # Forcing another dataset than the folder holds is the reader's named error.
+    forced = load_config(overrides=[f"data.root={root}", "data.dataset=msmt17"])
+    with pytest.raises(DataError, match="list_train.txt|MSMT17"):
+        load_training_data(forced.data, tmp_path / "run2")
+    both = load_config(overrides=["data.dataset=course", "data.layout=market1501"])
+    with pytest.raises(ConfigError, match="same setting"):
+        dataset_name(both.data)
+    assert dataset_name(load_config(overrides=["data.layout=course"]).data) == "course"
+    with pytest.raises(ConfigError, match="data.dataset"):
+        load_config(overrides=["data.dataset=duke"])

@@ -66,8 +66,8 @@ STATE_DIR = "adapt"
 STATE_FILE = "state.json"
 # The source run's settings an adaptation must keep: its weights fit this model, and its
 # validation must score the same held-out identities to stay comparable.
-LOCKED_KEYS = ("model", "data.height", "data.width", "data.layout", "data.validation",
-               "data.val_ids", "data.seed")
+LOCKED_KEYS = ("model", "data.height", "data.width", "data.dataset", "data.layout",
+               "data.validation", "data.val_ids", "data.seed")
 # Settings a resumed run may change: they only shape clusterings still to come (each round
 # records the values it clustered with), e.g. after a round found too few clusters.
 RETUNABLE_KEYS = {"adapt.eps", "adapt.eps_quantile", "adapt.min_samples", "adapt.k1",
@@ -301,9 +301,10 @@ def list_crops(folders: list[str | Path]) -> tuple[list[Path], list[str]]:
 
 def _dataset_eval_images(data_cfg) -> set[str]:
     """Resolved paths of the source dataset's own query and gallery (test) images."""
+    from tfmarket.config import dataset_name
     from tfmarket.data.market1501 import load_dataset
 
-    dataset = load_dataset(data_cfg.root, data_cfg.layout)
+    dataset = load_dataset(data_cfg.root, dataset_name(data_cfg))
     return {str(Path(p).resolve()) for p in dataset.query.paths + dataset.gallery.paths}
 
 

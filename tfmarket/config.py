@@ -24,7 +24,9 @@ class DataConfig:
 
     root: str = ""  # dataset folder; "" = generate synthetic data into <workdir>/synthetic
     # The dataset in root (docs/datasets.md): auto (detected) | market1501 | course |
-    # dukemtmcreid | msmt17 | cuhk03 (= cuhk03-labeled) | cuhk03-detected | custom
+    # dukemtmcreid | msmt17 | cuhk03 (= cuhk03-labeled) | cuhk03-detected | custom.
+    # data.layout is the older name of the same setting; set one of them (dataset_name()).
+    dataset: str = "auto"
     layout: str = "auto"
     # More datasets whose training images join root's (any layout, detected): identities are
     # kept apart (offset by 100000 per dataset), and they train the attribute heads only when
@@ -48,6 +50,18 @@ class DataConfig:
     synth_images_per_id: int = 8
     cache: bool = True  # cache decoded images in memory (fine for Market-1501 sizes)
     seed: int = 0
+
+
+def dataset_name(data_cfg) -> str:
+    """The dataset ``data`` names: ``data.dataset``, else its older name ``data.layout``.
+
+    Raises ConfigError when both are set and disagree.
+    """
+    dataset, layout = data_cfg.dataset, data_cfg.layout
+    if dataset != "auto" and layout != "auto" and dataset != layout:
+        raise ConfigError(f"data.dataset is {dataset!r} but data.layout is {layout!r}: they "
+                          "are the same setting (layout is its older name); set one")
+    return dataset if dataset != "auto" else layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +164,8 @@ class Config:
 
 # Allowed values of the string options, checked when a config is loaded.
 CHOICES = {
+    "data.dataset": ("auto", "market1501", "course", "dukemtmcreid", "msmt17", "cuhk03",
+                     "cuhk03-labeled", "cuhk03-detected", "custom"),
     "data.layout": ("auto", "market1501", "course", "dukemtmcreid", "msmt17", "cuhk03",
                     "cuhk03-labeled", "cuhk03-detected", "custom"),  # = data.market1501.LAYOUTS
     "data.validation": ("auto", "holdout", "official", "none"),

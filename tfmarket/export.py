@@ -68,11 +68,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parity_images(config, workdir: Path, count: int):
     """uint8 [n, H, W, 3] real images from the run's dataset, decoded the shared way."""
+    from tfmarket.config import dataset_name
     from tfmarket.data.market1501 import load_dataset
     from tfmarket.preprocess import load_images_numpy
 
     root = config.data.root or workdir / "synthetic"
-    dataset = load_dataset(root, config.data.layout)
+    dataset = load_dataset(root, dataset_name(config.data))
     paths = dataset.train.paths[:: max(1, len(dataset.train) // count)][:count]
     return load_images_numpy(paths, config.data.height, config.data.width)
 

@@ -253,6 +253,7 @@ def load_training_data(data_cfg, workdir: Path) -> TrainingData:
     """
     import numpy as np
 
+    from tfmarket.config import dataset_name
     from tfmarket.data.check import require_readable
     from tfmarket.data.market1501 import concat_records, load_dataset
     from tfmarket.data.split import relabel, resolve_validation, validation_split
@@ -266,7 +267,7 @@ def load_training_data(data_cfg, workdir: Path) -> TrainingData:
             write_synthetic(root, layout="course", num_train_ids=data_cfg.synth_train_ids,
                             num_test_ids=data_cfg.synth_test_ids,
                             images_per_id=data_cfg.synth_images_per_id, seed=data_cfg.seed)
-    dataset = load_dataset(root, data_cfg.layout)
+    dataset = load_dataset(root, dataset_name(data_cfg))
     require_readable(dataset.train.paths)
     validation, reason = resolve_validation(data_cfg.validation, dataset)
     train, val_query, val_gallery = validation_split(dataset, validation, data_cfg.val_ids,
