@@ -51,12 +51,12 @@ import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from tfmarket.errors import ConfigError, DataError, TfmarketError
 
 if TYPE_CHECKING:  # annotations only: at run time these would load Keras on --help
-    import numpy as np
 
     from tfmarket.config import Config
     from tfmarket.train import TrainingData
@@ -603,8 +603,11 @@ class _Adaptation:
         from tfmarket.rerank import k_reciprocal_distance_rows, k_reciprocal_neighbours
 
         a, crops = self.a, self.plan.crops
-        emb = embed_images(model, crops, self.config.data.height, self.config.data.width,
-                           label=f"round {r}/{a.rounds}: embedding crops")
+        from tfmarket.evaluation import predict_records
+
+        emb = predict_records(model, SimpleNamespace(paths=crops), self.config.data.height,
+                              self.config.data.width,
+                              progress=f"round {r}/{a.rounds}: embedding crops")["embedding"]
         start = time.time()
         eps = a.eps
         if a.eps_quantile > 0:
@@ -911,37 +914,6 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def embed_images(model, paths: list[str], height: int, width: int, batch_size: int = 128,
-                 label: str | None = None) -> np.ndarray:
-    """float32 [N, D] L2-normalised embeddings of image files with the training model.
-
-    Decoded and resized by ``tfmarket.preprocess`` (as training, export and ranking do),
-    batched through ``model.predict``; ``label`` shows count, images/s and ETA on stderr.
-    """
-    import keras
-    import numpy as np
-
-    from tfmarket.data.pipeline import eval_dataset
-
-    class _Progress(keras.callbacks.Callback):
-        def on_predict_begin(self, logs=None):
-            from tfmarket.console import Progress
-
-            self.bar = Progress(len(paths), label)
-
-        def on_predict_batch_end(self, batch, logs=None):
-            self.bar.update(min((batch + 1) * batch_size, len(paths)))
-
-        def on_predict_end(self, logs=None):
-            self.bar.update(len(paths))
-            self.bar.close()
-
-    ds = eval_dataset(paths, height=height, width=width, batch_size=batch_size)
-    ds = ds.map(lambda row: row["image"])
-    raw = model.predict(ds, verbose=0, callbacks=[_Progress()] if label else [])
-    return np.asarray(raw["embedding"], np.float32)
 
 
 if __name__ == "__main__":

@@ -34,20 +34,44 @@ def logits_to_probabilities(outputs: dict) -> dict[str, np.ndarray]:
 
 
 def predict_records(model: keras.Model, records: Records, height: int, width: int,
-                    batch_size: int = 128) -> dict[str, np.ndarray]:
-    """Runs the training model over a split.
+                    batch_size: int = 128, progress: str | None = None) -> dict[str, np.ndarray]:
+    """Runs the training model over a split (or anything with ``paths``).
+
+    ``progress``: a label; shows count, images/s and ETA on stderr while predicting.
 
     Returns:
         {"embedding": float32 [N, D], head: probabilities} in ``records`` order.
     """
     from tfmarket.data.pipeline import eval_dataset
 
-    ds = eval_dataset(records.paths, height=height, width=width, batch_size=batch_size)
+    paths = records.paths
+    ds = eval_dataset(paths, height=height, width=width, batch_size=batch_size)
     ds = ds.map(lambda row: row["image"])
-    raw = model.predict(ds, verbose=0)
+    callbacks = [_PredictProgress(len(paths), batch_size, progress)] if progress else []
+    raw = model.predict(ds, verbose=0, callbacks=callbacks)
     out = {"embedding": np.asarray(raw["embedding"], np.float32)}
     out.update(logits_to_probabilities(raw))
     return out
+
+
+class _PredictProgress(keras.callbacks.Callback):
+    """``tfmarket.console.Progress`` driven by ``model.predict``'s batches."""
+
+    def __init__(self, total: int, batch_size: int, label: str):
+        super().__init__()
+        self.total, self.batch_size, self.label = total, batch_size, label
+
+    def on_predict_begin(self, logs=None):
+        from tfmarket.console import Progress
+
+        self.bar = Progress(self.total, self.label)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.bar.update(min((batch + 1) * self.batch_size, self.total))
+
+    def on_predict_end(self, logs=None):
+        self.bar.update(self.total)
+        self.bar.close()
 
 
 def schema_matches(schema: AttributeSchema, outputs: dict) -> bool:

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from tfmarket.errors import TfmarketError
-from tfmarket.search import l2_normalize, topk_from_distances
+from tfmarket.search import cosine_topk, l2_normalize
 
 RULE_FILE = "retrieval.json"
-_CHUNK = 1024  # gallery rows whose neighbour search runs at a time (chunk x M float32)
+_CHUNK = 1024  # rows whose weighted neighbour means are formed at a time (chunk x k x D)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,18 +91,10 @@ def load_rule(path: str | Path) -> RetrievalRule:
 
 
 def nearest(rows: np.ndarray, pool: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest ``pool`` rows of each row by cosine, chunked.
-
-    rows float32 [N, D], pool float32 [M, D] (L2-normalised) -> (int64 [N, k] indices, float32
-    [N, k] cosine similarities), nearest first.
-    """
-    k = min(k, len(pool))
-    index = np.empty((len(rows), k), np.int64)
-    sims = np.empty((len(rows), k), np.float32)
-    for s in range(0, len(rows), _CHUNK):
-        near, dist = topk_from_distances(1.0 - rows[s:s + _CHUNK] @ pool.T, k)
-        index[s:s + _CHUNK], sims[s:s + _CHUNK] = near, 1.0 - dist
-    return index, sims
+    """(int64 [N, k] indices, float32 [N, k] cosine similarities) of the k nearest ``pool``
+    rows of each row, nearest first: :func:`tfmarket.search.cosine_topk` as similarities."""
+    index, dist = cosine_topk(rows, pool, k)
+    return index, 1.0 - dist
 
 
 def _weighted_mean(pool: np.ndarray, near: np.ndarray, sims: np.ndarray,
