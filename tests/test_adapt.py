@@ -13,7 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfmarket.cluster import cluster_centroids, cluster_stats, dbscan, eps_from_quantile
+from tfmarket.cluster import (
+    cluster_centroids,
+    cluster_purity,
+    cluster_stats,
+    dbscan,
+    drop_large_clusters,
+    eps_from_quantile,
+)
 from tfmarket.errors import ConfigError, DataError, TfmarketError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +86,57 @@ def test_stats_and_centroids():
     cent = cluster_centroids(emb, labels, 2)
     assert cent.shape == (2, 4) and np.allclose(np.linalg.norm(cent, axis=1), 1.0)
     assert np.allclose(cent[0], [2 ** -0.5, 2 ** -0.5, 0, 0])
+
+
+def test_large_clusters_become_outliers_and_the_rest_are_renumbered():
+    labels = np.array([0, 0, 0, 1, 1, -1, 2, 2, 2, 2, 3])
+    assert drop_large_clusters(labels, 3).tolist() == [0, 0, 0, 1, 1, -1, -1, -1, -1, -1, 2]
+    assert drop_large_clusters(labels, 0).tolist() == labels.tolist()
+    assert drop_large_clusters(np.array([-1, -1]), 3).tolist() == [-1, -1]
+
+
+def test_cluster_purity_hand_computed():
+    # Cluster 0 = {a, a}, cluster 1 = {a, b}, one b left out.
+    got = cluster_purity(np.array([0, 0, 1, 1, -1]), np.array([7, 7, 7, 9, 9]))
+    assert got["purity"] == pytest.approx(3 / 4)
+    # Same-cluster pairs: (a,a) and (a,b): 1 of 2 is one person. Same-person pairs among the
+    # clustered: the three a's, 3 pairs, 1 of them together.
+    assert got["pair_precision"] == pytest.approx(1 / 2)
+    assert got["pair_recall"] == pytest.approx(1 / 3)
+    assert got["pair_f1"] == pytest.approx(0.4)
+    assert got["clustered_fraction"] == pytest.approx(4 / 5)
+    perfect = cluster_purity(np.array([1, 1, 0, 0]), np.array([3, 3, 8, 8]))
+    assert perfect["purity"] == perfect["pair_precision"] == perfect["pair_recall"] == 1.0
+    assert cluster_purity(np.array([-1, -1]), np.array([1, 2]))["purity"] == 0.0
+
+
+def test_cluster_prototypes_give_cosine_over_temperature_and_reload(tmp_path):
+    import keras
+
+    from tfmarket.layers import ClusterPrototypes
+    from tfmarket.losses import KnownAccuracy
+
+    rng = np.random.default_rng(0)
+    centroids = rng.normal(size=(5, 8)).astype(np.float32)  # [C, D], not unit rows
+    x = rng.normal(size=(3, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, ClusterPrototypes(5, 0.05, name="cluster")(inputs))
+    model.get_layer("cluster").set_weights([centroids.T])
+    unit = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+    expected = x @ unit.T / 0.05
+    assert np.allclose(model.predict(x, verbose=0), expected, atol=1e-4)
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    assert np.allclose(again.predict(x, verbose=0), expected, atol=1e-4)
+
+    acc = KnownAccuracy()
+    logits = np.array([[2.0, 1.0], [0.0, 3.0], [5.0, 0.0], [0.0, 1.0]], np.float32)
+    acc.update_state(np.array([0, 0, -1, 1]), logits)  # 2 of the 3 known are right
+    assert float(acc.result()) == pytest.approx(2 / 3)
+    acc.reset_state()
+    acc.update_state(np.array([-1, -1]), logits[:2])
+    assert float(acc.result()) == 0.0
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.3])
@@ -301,6 +359,9 @@ def test_validation_images_join_the_crops_for_the_transductive_proxy(tmp_path, s
     ("data.val_ids=2", "data.val_ids cannot change"),
     ("adapt.eps=1.0", r"adapt.eps must be in \(0, 1\)"),
     ("adapt.labelled_fraction=1", "adapt.labelled_fraction must be"),
+    ("adapt.temperature=0", "adapt.temperature must be positive"),
+    ("adapt.max_cluster_size=2", r"adapt.max_cluster_size must be 0 \(no limit\) or at least"),
+    ("adapt.warmup_steps=-1", "adapt.warmup_steps must be 0 or more"),
 ])
 def test_bad_settings(tmp_path, source_run, course_synth, override, message):
     with pytest.raises(ConfigError, match=message):

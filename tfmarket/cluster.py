@@ -169,3 +169,59 @@ def cluster_centroids(embeddings: np.ndarray, labels: np.ndarray, num_clusters: 
     sums = np.asarray(onehot @ np.asarray(embeddings, np.float32))
     norm = np.linalg.norm(sums, axis=1, keepdims=True)
     return (sums / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def drop_large_clusters(labels: np.ndarray, max_size: int) -> np.ndarray:
+    """Clusters of more than ``max_size`` crops become outliers; the rest are renumbered 0..C'-1
+    in their old order.
+
+    A cluster far larger than the images a camera network holds of one person has merged
+    several people; as one pseudo-identity it would pull them together.
+
+    Args:
+        labels: int [N], cluster 0..C-1 or -1.
+        max_size: 0 keeps every cluster.
+
+    Returns:
+        int64 [N].
+    """
+    labels = np.asarray(labels, np.int64)
+    if max_size <= 0 or not (labels >= 0).any():
+        return labels.copy()
+    sizes = np.bincount(labels[labels >= 0])
+    kept = sizes <= max_size
+    new_id = np.where(kept, np.cumsum(kept) - 1, NOISE)
+    return np.where(labels >= 0, new_id[np.maximum(labels, 0)], NOISE).astype(np.int64)
+
+
+def cluster_purity(labels: np.ndarray, true_ids: np.ndarray) -> dict:
+    """How well pseudo-identities match true identities (for data whose identities are known).
+
+    Args:
+        labels: int [N], cluster or -1 (outlier).
+        true_ids: int [N], the true identity of each crop.
+
+    Returns:
+        {"purity": share of clustered crops that belong to their cluster's most common
+        identity, "pair_precision" / "pair_recall": over pairs of clustered crops, the share of
+        same-cluster pairs that are one identity and of same-identity pairs that share a
+        cluster, "pair_f1", "clustered_fraction"}. Empty clustering: zeros.
+    """
+    labels, true_ids = np.asarray(labels), np.asarray(true_ids)
+    keep = labels >= 0
+    if not keep.any():
+        return {"purity": 0.0, "pair_precision": 0.0, "pair_recall": 0.0, "pair_f1": 0.0,
+                "clustered_fraction": 0.0}
+    lab, ids = labels[keep], np.unique(true_ids[keep], return_inverse=True)[1]
+    table = sp.csr_matrix((np.ones(len(lab)), (lab, ids))).toarray()  # [clusters, identities]
+    purity = float(table.max(axis=1).sum() / len(lab))
+
+    def pairs(counts):
+        return float((counts * (counts - 1) / 2).sum())
+
+    together = pairs(table)
+    precision = together / max(pairs(table.sum(axis=1)), 1.0)
+    recall = together / max(pairs(table.sum(axis=0)), 1.0)
+    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+    return {"purity": purity, "pair_precision": precision, "pair_recall": recall,
+            "pair_f1": f1, "clustered_fraction": float(keep.mean())}

@@ -123,7 +123,19 @@ class AdaptConfig:
     rounds: int = 4
     epochs_per_round: int = 2
     steps_per_epoch: int = 100  # fixed, so the images a run will see are known before it starts
-    learning_rate: float = 3.5e-4  # constant within a round; each round has a fresh optimizer
+    learning_rate: float = 3.5e-4  # constant within a round, after the warm-up
+    # Each round starts a fresh optimizer (its pseudo-identities are new): Adam's first steps
+    # move every weight by about the learning rate whatever its gradient, so they ramp up
+    # linearly from 1% over this many steps.
+    warmup_steps: int = 20
+    # Pseudo-identity loss: softmax over cosine similarity to per-cluster prototypes (started at
+    # the cluster means) / temperature (Cluster Contrast: 0.05), this weight beside the source
+    # run's ID loss (labelled images), triplet loss (both) and attribute losses (labelled).
+    temperature: float = 0.05
+    cluster_weight: float = 1.0
+    # Clusters with more crops than this become outliers (0 = keep all): a cluster far larger
+    # than one person's images has merged several people.
+    max_cluster_size: int = 0
     # Share of a batch's P identities drawn from the source run's labelled training identities
     # (the rest are cluster identities); 0 = clusters only.
     labelled_fraction: float = 0.5

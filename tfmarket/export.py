@@ -211,7 +211,11 @@ def float32_copy(model, config, schema=None):
         )
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    copy.set_weights(model.get_weights())
+    # By layer name: a model from tfmarket.adapt also holds its "cluster" output, which
+    # serving does not use.
+    for layer in copy.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
     return copy
 
 

@@ -77,6 +77,44 @@ class L2Normalize(keras.layers.Layer):
         return input_shape
 
 
+
+@keras.saving.register_keras_serializable(package="tfmarket")
+class ClusterPrototypes(keras.layers.Layer):
+    """Cosine similarity to one learned prototype per pseudo-identity, over a temperature.
+
+    ``tfmarket.adapt``'s cluster loss (a softmax over these logits) is the prototype form of
+    Cluster Contrast's (Dai et al. 2022) memory loss: each prototype starts at its cluster's
+    mean embedding and, being normalised, moves only in direction. Unlike a rebuilt ID
+    classifier it gives every pseudo-identity a calibrated logit from the first step.
+
+    Input float [B, D] (unit rows); output float32 [B, C] logits, cos / ``temperature``.
+    """
+
+    def __init__(self, num_clusters: int, temperature: float = 0.05, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.num_clusters = int(num_clusters)
+        self.temperature = float(temperature)
+
+    def build(self, input_shape):
+        self.prototypes = self.add_weight(
+            shape=(input_shape[-1], self.num_clusters), initializer="glorot_uniform",
+            name="prototypes")
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        w = ops.cast(self.prototypes, "float32")
+        w = w / ops.sqrt(ops.maximum(ops.sum(w * w, axis=0, keepdims=True), 1e-12))
+        return ops.matmul(x, w) / self.temperature
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_clusters)
+
+    def get_config(self):
+        return {**super().get_config(), "num_clusters": self.num_clusters,
+                "temperature": self.temperature}
+
+
 # Below this epsilon TensorFlow's fused kernel silently raises it (a cuDNN requirement), which
 # would change the math; such layers keep Keras's own path.
 FUSED_MIN_EPSILON = 1.001e-5

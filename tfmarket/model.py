@@ -24,8 +24,9 @@ from tfmarket.layers import FusedBatchNormalization, GeMPooling, L2Normalize, No
 
 BACKBONES = ("resnet50", "tiny")
 POOLINGS = ("avg", "gem")
-# Outputs of the training model that are not attribute heads.
-REID_OUTPUTS = ("features", "embedding", "id")
+# Outputs of the training model that are not attribute heads ("cluster": tfmarket.adapt's
+# pseudo-identity logits, on the models it trains).
+REID_OUTPUTS = ("features", "embedding", "id", "cluster")
 
 
 def _resnet50(input_shape, weights: str | None, last_stride: int,

@@ -416,18 +416,9 @@ def _compiled_model(config, strategy, num_identities: int, targets: dict[str, np
     ``targets`` (attribute head -> int32 [N]) set the attribute losses' class weights;
     ``schema`` gives the attribute heads (default Market-1501's).
     """
-    from tfmarket.model import build_model
-
     heads = (MARKET if schema is None else schema).head_sizes
-    model_cfg = config.model
     with strategy.scope():
-        model = build_model(
-            num_identities, height=config.data.height, width=config.data.width,
-            backbone=model_cfg.backbone, weights=model_cfg.weights or None,
-            last_stride=model_cfg.last_stride, pooling=model_cfg.pooling,
-            embedding_dim=model_cfg.embedding_dim, dropout=model_cfg.dropout,
-            fused_batchnorm=model_cfg.fused_batchnorm, heads=heads,
-        )
+        model = build_training_model(config, num_identities, heads)
         losses, loss_weights = build_losses(config, targets, heads)
         model.compile(
             optimizer=build_optimizer(config.train, steps_per_epoch),
@@ -435,6 +426,21 @@ def _compiled_model(config, strategy, num_identities: int, targets: dict[str, np
             jit_compile=config.train.jit_compile,
         )
     return model
+
+
+def build_training_model(config, num_identities: int, heads: dict[str, int]):
+    """The training model ``config.model`` describes, uncompiled (call under a strategy's
+    scope); ``heads``: attribute head -> output width."""
+    from tfmarket.model import build_model
+
+    model_cfg = config.model
+    return build_model(
+        num_identities, height=config.data.height, width=config.data.width,
+        backbone=model_cfg.backbone, weights=model_cfg.weights or None,
+        last_stride=model_cfg.last_stride, pooling=model_cfg.pooling,
+        embedding_dim=model_cfg.embedding_dim, dropout=model_cfg.dropout,
+        fused_batchnorm=model_cfg.fused_batchnorm, heads=heads,
+    )
 
 
 def _validation_callback(data: TrainingData, height: int, width: int, every: int,
@@ -628,15 +634,18 @@ def build_metrics(heads=None):
     return metrics
 
 
-def build_optimizer(train_cfg, steps_per_epoch: int):
+def build_optimizer(train_cfg, steps_per_epoch: int, warmup_steps: int | None = None):
+    """``train_cfg``'s optimizer and schedule; ``warmup_steps`` overrides its warm-up epochs."""
     import keras
 
     from tfmarket.schedules import WarmupSchedule
 
+    if warmup_steps is None:
+        warmup_steps = train_cfg.warmup_epochs * steps_per_epoch
     schedule = WarmupSchedule(
         train_cfg.learning_rate,
         total_steps=train_cfg.epochs * steps_per_epoch,
-        warmup_steps=train_cfg.warmup_epochs * steps_per_epoch,
+        warmup_steps=warmup_steps,
         kind=train_cfg.schedule,
         decay_steps=[e * steps_per_epoch for e in train_cfg.decay_epochs],
         decay_factor=train_cfg.decay_factor,

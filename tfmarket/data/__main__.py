@@ -1,7 +1,7 @@
 """``python -m tfmarket.data``: inspect, check and generate re-ID datasets.
 
     python -m tfmarket.data summary ROOT [--dataset NAME] [--json] [--check]
-    python -m tfmarket.data synth OUT --layout course|market1501 [--seed 0]
+    python -m tfmarket.data synth OUT --layout course|market1501 [--seed 0] [--domain night]
     python -m tfmarket.data extract-cuhk03 ROOT
 
 ``--dataset`` (alias ``--layout``) forces a dataset instead of detecting it: auto,
@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 
+from tfmarket.data.synthetic import DEFAULT_DOMAIN, DOMAINS
 from tfmarket.errors import TfmarketError
 
 
@@ -59,6 +60,7 @@ def _synth(args) -> int:
         height=args.height,
         width=args.width,
         seed=args.seed,
+        domain=args.domain,
         overwrite=args.overwrite,
     )
     print(json.dumps(info, indent=2, default=str))
@@ -97,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int, default=128)
     g.add_argument("--width", type=int, default=64)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--domain", default=DEFAULT_DOMAIN, choices=list(DOMAINS),
+                   help="camera network: scenes and lighting (night: a shifted domain to adapt "
+                        "to; pass another --seed too for other people)")
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(func=_synth)
     e = sub.add_parser("extract-cuhk03",

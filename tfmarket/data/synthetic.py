@@ -22,6 +22,12 @@ attributes in file encoding (1 = no, 2 = yes, age 1-4):
   Identities with no colour marked wear an off-palette colour (orange, teal, ...), or for shirts
   multicolour bands.
 
+A *domain* (:class:`Domain`, :data:`DOMAINS`) is the camera network: the scenes' colours and the
+ranges each camera draws its lighting, noise and blur from. ``"market"`` (the default) is the
+world above; ``"night"`` is another network (dim warm light, dark scenes, blurrier and noisier
+cameras) for domain adaptation: train on one, adapt to the other with other identities
+(another seed).
+
 Layouts written by :func:`write_synthetic` follow the course's and Market-1501's file naming; see
 ``tfmarket.data.filenames``. NumPy and Pillow only: no TensorFlow import.
 """
@@ -34,6 +40,7 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -285,6 +292,67 @@ def attribute_row(appearance: Appearance) -> np.ndarray:
 # --- cameras -----------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """A camera network: how its scenes look and the ranges its cameras' settings come from.
+
+    The same people look different under another network's lighting and in front of its
+    scenes, which is what domain adaptation has to bridge (garment colours stay the palette's
+    before lighting, so attributes still hold).
+
+    Attributes:
+        name: the key in :data:`DOMAINS`; other than ``"market"``, it also reseeds the cameras,
+            so the same ``seed`` gives other scenes.
+        scene_brightness: range of a scene colour's grey level (walls, ground, clutter).
+        scene_chroma: std of a scene colour's per-channel deviation from that grey.
+        gain: range of a camera's brightness multiplier.
+        tint: per-channel (R, G, B) multiplier shared by every camera (the lighting's colour).
+        cast_std / cast_limit: a camera's own colour cast: normal(1, cast_std) per channel,
+            within 1 +- cast_limit.
+        noise: range of the sensor noise std. blur: a camera's blur radius is one of these.
+    """
+
+    name: str
+    scene_brightness: tuple[float, float] = (60.0, 190.0)
+    scene_chroma: float = 18.0
+    gain: tuple[float, float] = (0.75, 1.2)
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    cast_std: float = 0.06
+    cast_limit: float = 0.15
+    noise: tuple[float, float] = (2.0, 5.0)
+    blur: tuple[float, ...] = (0.0, 0.0, 0.5, 0.8)
+
+
+DOMAINS: dict[str, Domain] = {
+    # Daylight, muted scenes: every dataset written before domains existed.
+    "market": Domain("market"),
+    # Street lamps at night: dim warm light over dark, muted scenes; soft, grainy cameras. Its
+    # cameras differ from each other about as much as the default's (a source model still
+    # matches people across them), but every colour is darker and shifted towards orange.
+    "night": Domain(
+        "night",
+        scene_brightness=(35.0, 90.0),
+        scene_chroma=12.0,
+        gain=(0.5, 0.8),
+        tint=(1.25, 0.95, 0.7),
+        cast_std=0.05,
+        cast_limit=0.12,
+        noise=(4.0, 8.0),
+        blur=(0.8, 1.0),
+    ),
+}
+DEFAULT_DOMAIN = "market"
+
+
+def get_domain(domain: str | Domain) -> Domain:
+    """A :class:`Domain` given as itself or by its name in :data:`DOMAINS` (ValueError if none)."""
+    if isinstance(domain, Domain):
+        return domain
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
+    return DOMAINS[domain]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Camera:
     """How one camera sees people.
@@ -306,17 +374,20 @@ class Camera:
     jitter: bool = False
 
 
-def _muted(rng: np.random.Generator) -> np.ndarray:
-    """A low-saturation scene colour: float [3]."""
-    return np.clip(rng.uniform(60, 190) + rng.normal(0, 18, 3), 0, 255)
+def _muted(rng: np.random.Generator, domain: Domain = DOMAINS[DEFAULT_DOMAIN]) -> np.ndarray:
+    """A scene colour (low-saturation in the default domain): float [3]."""
+    grey = rng.uniform(*domain.scene_brightness)
+    return np.clip(grey + rng.normal(0, domain.scene_chroma, 3), 0, 255)
 
 
-def _camera_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def _camera_background(
+    rng: np.random.Generator, height: int, width: int, domain: Domain = DOMAINS[DEFAULT_DOMAIN]
+) -> np.ndarray:
     """A wall/ground scene with shading, paving lines and clutter: uint8 [height, width, 3]."""
     horizon = int(height * rng.uniform(0.45, 0.7))
     scene = np.empty((height, width, 3), np.float32)
-    scene[:horizon] = _muted(rng)
-    scene[horizon:] = _muted(rng)
+    scene[:horizon] = _muted(rng, domain)
+    scene[horizon:] = _muted(rng, domain)
     coarse = rng.normal(0, 16, (height // 16 + 2, width // 16 + 2)).astype(np.float32)
     shade = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR))
     scene += shade[..., None]
@@ -327,26 +398,39 @@ def _camera_background(rng: np.random.Generator, height: int, width: int) -> np.
     for _ in range(int(rng.integers(2, 6))):  # windows, doors, parked things
         x0, y0 = rng.uniform(0, width), rng.uniform(0, horizon)
         w, h = rng.uniform(4, width / 3), rng.uniform(4, height / 4)
-        draw.rectangle([x0, y0, x0 + w, y0 + h], fill=tuple(_muted(rng).astype(int)))
+        draw.rectangle([x0, y0, x0 + w, y0 + h], fill=tuple(_muted(rng, domain).astype(int)))
     for _ in range(int(rng.integers(0, 3))):  # poles
-        x0, colour = rng.uniform(0, width), tuple(_muted(rng).astype(int))
+        x0, colour = rng.uniform(0, width), tuple(_muted(rng, domain).astype(int))
         draw.rectangle([x0, 0, x0 + rng.uniform(2, 5), horizon], fill=colour)
     return np.asarray(image)
 
 
-def make_camera(index: int, seed: int = 0, height: int = 128, width: int = 64) -> Camera:
-    """Camera ``index`` of the synthetic world ``seed`` (deterministic)."""
-    rng = np.random.default_rng([seed, 7919, index])
+def make_camera(
+    index: int,
+    seed: int = 0,
+    height: int = 128,
+    width: int = 64,
+    domain: str | Domain = DEFAULT_DOMAIN,
+) -> Camera:
+    """Camera ``index`` of the synthetic world ``seed`` in camera network ``domain``
+    (deterministic)."""
+    domain = get_domain(domain)
+    key = [seed, 7919, index]
+    if domain.name != DEFAULT_DOMAIN:
+        key.append(zlib.crc32(domain.name.encode()))
+    rng = np.random.default_rng(key)
     pad = 2 * BACKGROUND_PAD
-    background = _camera_background(rng, height + pad, width + pad)
-    cast = np.clip(rng.normal(1.0, 0.06, 3), 0.85, 1.15)
+    background = _camera_background(rng, height + pad, width + pad, domain)
+    limit = domain.cast_limit
+    cast = np.clip(rng.normal(1.0, domain.cast_std, 3), 1 - limit, 1 + limit)
+    cast = cast * np.asarray(domain.tint)
     return Camera(
         index=index,
         background=background,
-        gain=float(rng.uniform(0.75, 1.2)),
+        gain=float(rng.uniform(*domain.gain)),
         cast=tuple(float(c) for c in cast),
-        noise=float(rng.uniform(2.0, 5.0)),
-        blur=float(_pick(rng, (0.0, 0.0, 0.5, 0.8))),
+        noise=float(rng.uniform(*domain.noise)),
+        blur=float(_pick(rng, domain.blur)),
         jitter=True,
     )
 
@@ -807,7 +891,9 @@ def _validate(
     height,
     width,
     seed,
+    domain,
 ) -> None:
+    get_domain(domain)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
     if num_train_ids < 1 or num_test_ids < 1:
@@ -929,8 +1015,11 @@ def _write_dataset(
     width: int,
     seed: int,
     rng: np.random.Generator,
+    domain: Domain,
 ) -> None:
-    cameras = {c: make_camera(c, seed, height, width) for c in sorted({s.camera for s in shots})}
+    cameras = {
+        c: make_camera(c, seed, height, width, domain) for c in sorted({s.camera for s in shots})
+    }
     for role in ("train", "query", "gallery"):
         (root / _folder(layout, role)).mkdir(parents=True, exist_ok=True)
     for shot in shots:
@@ -1009,6 +1098,7 @@ def write_synthetic(
     width: int = 64,
     seed: int = 0,
     *,
+    domain: str | Domain = DEFAULT_DOMAIN,
     overwrite: bool = False,
 ) -> dict:
     """Writes a synthetic dataset in the course or the original Market-1501 layout.
@@ -1019,6 +1109,9 @@ def write_synthetic(
     layout, where ``synthetic_truth.csv`` gives them id 0/-1 and attribute values 0 = unknown).
     The same arguments give byte-identical files.
 
+    ``domain``: the camera network (:data:`DOMAINS` name or a :class:`Domain`): its scenes and
+    lighting, not its people. For a target domain of other people, pass another ``seed`` too.
+
     The dataset is built in a sibling ``<out_dir>.tmp-*`` folder and renamed into place, so an
     interrupted run never leaves a complete-looking ``out_dir``.
 
@@ -1028,7 +1121,8 @@ def write_synthetic(
 
     Returns:
         Counts: layout, train_ids, test_ids, train_images, gallery_images (of test identities),
-        query_images, distractors, junk, cameras, seed, root.
+        query_images, distractors, junk, cameras, seed, domain (only when not the default, as in
+        ``synthetic.json``, which stays as it was for the default), root.
     """
     _validate(
         layout,
@@ -1041,7 +1135,9 @@ def write_synthetic(
         height,
         width,
         seed,
+        domain,
     )
+    domain = get_domain(domain)
     out_dir = Path(out_dir).expanduser().absolute()
     _check_target(out_dir, overwrite)
     rng = np.random.default_rng([seed, 0])
@@ -1073,11 +1169,16 @@ def write_synthetic(
         "cameras": num_cameras,
         "seed": seed,
     }
+    if domain != DOMAINS[DEFAULT_DOMAIN]:
+        named = DOMAINS.get(domain.name) == domain
+        summary["domain"] = domain.name if named else dataclasses.asdict(domain)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the dataset should read like any other folder
     try:
-        _write_dataset(tmp, layout, shots, apps, train_ids, test_ids, height, width, seed, rng)
+        _write_dataset(
+            tmp, layout, shots, apps, train_ids, test_ids, height, width, seed, rng, domain
+        )
         arguments = {"images_per_id": images_per_id, "height": height, "width": width}
         (tmp / SUMMARY_FILE).write_text(json.dumps({**summary, **arguments}, indent=1) + "\n")
         _move_into_place(tmp, out_dir)
