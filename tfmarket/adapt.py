@@ -634,11 +634,10 @@ class _Adaptation:
             drop_large_clusters,
             eps_from_quantile,
         )
+        from tfmarket.evaluation import predict_records
         from tfmarket.rerank import k_reciprocal_distance_rows, k_reciprocal_neighbours
 
         a, crops = self.a, self.plan.crops
-        from tfmarket.evaluation import predict_records
-
         emb = predict_records(model, SimpleNamespace(paths=crops), self.config.data.height,
                               self.config.data.width,
                               progress=f"round {r}/{a.rounds}: embedding crops")["embedding"]
@@ -655,7 +654,7 @@ class _Adaptation:
         graph = k_reciprocal_neighbours(emb, eps, a.k1, a.k2, a.lambda_value)
         found = dbscan(graph, eps, a.min_samples)
         labels = drop_large_clusters(found, a.max_cluster_size)
-        dropped = cluster_stats(found)["clusters"] - int(labels.max() + 1)
+        dropped = int(found.max()) - int(labels.max())  # labels are 0..C-1, -1 for outliers
         stats = {"round": r, "eps": float(eps), "min_samples": a.min_samples, "k1": a.k1,
                  "k2": a.k2, "lambda_value": a.lambda_value,
                  "max_cluster_size": a.max_cluster_size, "large_clusters_dropped": dropped,

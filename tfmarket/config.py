@@ -174,12 +174,14 @@ class Config:
     adapt: AdaptConfig = AdaptConfig()
 
 
+# data.dataset / data.layout: "auto" or a dataset name (= tfmarket.data.market1501.LAYOUTS,
+# spelled out so that loading a config imports no dataset code).
+DATASETS = ("auto", "market1501", "course", "dukemtmcreid", "msmt17", "cuhk03", "cuhk03-labeled",
+            "cuhk03-detected", "custom")
 # Allowed values of the string options, checked when a config is loaded.
 CHOICES = {
-    "data.dataset": ("auto", "market1501", "course", "dukemtmcreid", "msmt17", "cuhk03",
-                     "cuhk03-labeled", "cuhk03-detected", "custom"),
-    "data.layout": ("auto", "market1501", "course", "dukemtmcreid", "msmt17", "cuhk03",
-                    "cuhk03-labeled", "cuhk03-detected", "custom"),  # = data.market1501.LAYOUTS
+    "data.dataset": DATASETS,
+    "data.layout": DATASETS,
     "data.validation": ("auto", "holdout", "official", "none"),
     "model.backbone": ("resnet50", "tiny"),
     "model.pooling": ("avg", "gem"),

@@ -188,10 +188,13 @@ def float32_copy(model, config, schema=None):
     """The same network and weights with float32 compute (a run may have trained in mixed
     precision): serving graphs and the parity check are defined in float32. ``schema``: the
     run's attribute schema (default Market-1501's), whose heads the model must have."""
+    from dataclasses import replace
+
     import keras
 
     from tfmarket.attributes import MARKET
-    from tfmarket.model import build_model, model_heads
+    from tfmarket.model import model_heads
+    from tfmarket.train import build_training_model
 
     schema = MARKET if schema is None else schema
     heads = schema.head_sizes
@@ -202,13 +205,9 @@ def float32_copy(model, config, schema=None):
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        m = config.model
-        copy = build_model(
-            model.get_layer("id").units, height=config.data.height, width=config.data.width,
-            backbone=m.backbone, weights=None, last_stride=m.last_stride, pooling=m.pooling,
-            embedding_dim=m.embedding_dim, dropout=m.dropout,
-            fused_batchnorm=m.fused_batchnorm, heads=heads,
-        )
+        # weights="": the copy's weights come from the model below, never from a download.
+        copy = build_training_model(replace(config, model=replace(config.model, weights="")),
+                                    model.get_layer("id").units, heads)
     finally:
         keras.mixed_precision.set_global_policy(previous)
     # By layer name: a model from tfmarket.adapt also holds its "cluster" output, which
