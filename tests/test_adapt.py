@@ -108,13 +108,19 @@ def test_cluster_purity_hand_computed():
     perfect = cluster_purity(np.array([1, 1, 0, 0]), np.array([3, 3, 8, 8]))
     assert perfect["purity"] == perfect["pair_precision"] == perfect["pair_recall"] == 1.0
     assert cluster_purity(np.array([-1, -1]), np.array([1, 2]))["purity"] == 0.0
+    # The b left out becomes a cluster of its own: 5 crops, same-cluster pairs 1 + 1 (+ 0),
+    # same-person pairs 3 (a) + 1 (b), together 1: precision 1/2, recall 1/4.
+    whole = cluster_purity(np.array([0, 0, 1, 1, -1]), np.array([7, 7, 7, 9, 9]),
+                           outliers_as_singletons=True)
+    assert (whole["pair_precision"], whole["pair_recall"]) == pytest.approx((1 / 2, 1 / 4))
+    assert whole["purity"] == pytest.approx(4 / 5) and whole["clustered_fraction"] == 0.8
 
 
 def test_cluster_prototypes_give_cosine_over_temperature_and_reload(tmp_path):
     import keras
 
+    from tfmarket.keras_metrics import KnownAccuracy, KnownBinaryAccuracy
     from tfmarket.layers import ClusterPrototypes
-    from tfmarket.losses import KnownAccuracy
 
     rng = np.random.default_rng(0)
     centroids = rng.normal(size=(5, 8)).astype(np.float32)  # [C, D], not unit rows
@@ -137,6 +143,10 @@ def test_cluster_prototypes_give_cosine_over_temperature_and_reload(tmp_path):
     acc.reset_state()
     acc.update_state(np.array([-1, -1]), logits[:2])
     assert float(acc.result()) == 0.0
+    binary = KnownBinaryAccuracy()
+    # logits > 0 predict 1: right, wrong, unknown (skipped), right
+    binary.update_state(np.array([[1], [1], [-1], [0]]), np.array([[0.5], [-2.0], [3.0], [-0.1]]))
+    assert float(binary.result()) == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.3])
@@ -206,11 +216,11 @@ def test_adapt_end_to_end_interrupted_and_resumed(tmp_path, source_run, course_s
                                                   monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tfmarket import adapt
+    from tfmarket import adapt, adapt_rounds
 
     workdir = tmp_path / "adapted"
     trained = []
-    real_train_round = adapt._Adaptation._train_round
+    real_train_round = adapt_rounds._Adaptation._train_round
 
     def interrupted(self, previous, r, clusters):
         if r == 2:
@@ -218,7 +228,7 @@ def test_adapt_end_to_end_interrupted_and_resumed(tmp_path, source_run, course_s
         trained.append(r)
         return real_train_round(self, previous, r, clusters)
 
-    monkeypatch.setattr(adapt._Adaptation, "_train_round", interrupted)
+    monkeypatch.setattr(adapt_rounds._Adaptation, "_train_round", interrupted)
     plan = adapt.prepare(source_run, _crops(course_synth), workdir, None, TINY)
     with pytest.raises(KeyboardInterrupt):
         adapt.run(plan)
@@ -229,7 +239,7 @@ def test_adapt_end_to_end_interrupted_and_resumed(tmp_path, source_run, course_s
         trained.append(r)
         return real_train_round(self, previous, r, clusters)
 
-    monkeypatch.setattr(adapt._Adaptation, "_train_round", counted)
+    monkeypatch.setattr(adapt_rounds._Adaptation, "_train_round", counted)
     metrics = adapt.run(adapt.prepare(source_run, _crops(course_synth), workdir, None, TINY))
     out = capsys.readouterr().out
     assert trained == [1, 2], "round 1 is not trained again"
@@ -262,6 +272,19 @@ def test_adapt_end_to_end_interrupted_and_resumed(tmp_path, source_run, course_s
                 "images_seen"):
         assert tag in tags, f"{tag} missing from {sorted(tags)}"
     assert [e.step for e in acc.Tensors("holdout/mAP")] == [0, 1, 2]  # 0: the source model
+
+    # The saved models have the source run's outputs: the "cluster" prototypes exist only
+    # while a round trains.
+    import keras
+
+    import tfmarket.layers  # noqa: F401  (registers the custom layers for loading)
+
+    def outputs(path):
+        return sorted(keras.models.load_model(path, compile=False).output_names)
+
+    source_outputs = outputs(source_run / "best.keras")
+    assert "cluster" not in source_outputs
+    assert outputs(workdir / "best.keras") == outputs(workdir / "model.keras") == source_outputs
 
     # The run directory is a normal one: export takes it (ONNX is covered by test_export_rank).
     from tfmarket.export import export_run

@@ -92,10 +92,8 @@ def pseudo_label_quality(adapted: Path) -> list[dict]:
         labels = np.load(adapted / "adapt" / f"round_{r}_labels.npy")
         assert labels.shape == true_ids.shape
         quality = cluster_purity(labels, true_ids)
-        singles = labels.copy()
-        outliers = singles < 0
-        singles[outliers] = labels.max() + 1 + np.arange(outliers.sum())
-        quality["f1_all"] = cluster_purity(singles, true_ids)["pair_f1"]
+        quality["f1_all"] = cluster_purity(labels, true_ids,
+                                           outliers_as_singletons=True)["pair_f1"]
         quality["clusters"] = int(labels.max() + 1)
         rounds.append(quality)
     return rounds

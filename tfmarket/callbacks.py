@@ -80,7 +80,18 @@ class ValidationCheckpoint(keras.callbacks.ModelCheckpoint):
 
     Keras warns "Can save best model only with val_mAP available" on every other epoch; here
     those epochs are skipped without a word (Keras would skip them too).
+
+    ``saves``: the model to write instead of the one being fit, e.g. ``tfmarket.adapt``'s
+    source-architecture model, whose layers the fitted model shares beside a training-only
+    output (its "cluster" prototypes), so ``best.keras`` has the same outputs as any run's.
     """
+
+    def __init__(self, *args, saves=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._saves = saves
+
+    def set_model(self, model):
+        super().set_model(model if self._saves is None else self._saves)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.monitor in logs:

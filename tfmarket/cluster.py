@@ -194,12 +194,17 @@ def drop_large_clusters(labels: np.ndarray, max_size: int) -> np.ndarray:
     return np.where(labels >= 0, new_id[np.maximum(labels, 0)], NOISE).astype(np.int64)
 
 
-def cluster_purity(labels: np.ndarray, true_ids: np.ndarray) -> dict:
+def cluster_purity(labels: np.ndarray, true_ids: np.ndarray, *,
+                   outliers_as_singletons: bool = False) -> dict:
     """How well pseudo-identities match true identities (for data whose identities are known).
 
     Args:
         labels: int [N], cluster or -1 (outlier).
         true_ids: int [N], the true identity of each crop.
+        outliers_as_singletons: score every crop, each outlier as a cluster of its own. Then
+            the pair recall counts the same-identity pairs an outlier leaves apart, so a
+            clustering that keeps more crops is not penalised for it, as it is over the
+            clustered crops alone; ``clustered_fraction`` still counts the real clusters.
 
     Returns:
         {"purity": share of clustered crops that belong to their cluster's most common
@@ -208,6 +213,12 @@ def cluster_purity(labels: np.ndarray, true_ids: np.ndarray) -> dict:
         cluster, "pair_f1", "clustered_fraction"}. Empty clustering: zeros.
     """
     labels, true_ids = np.asarray(labels), np.asarray(true_ids)
+    if outliers_as_singletons and (labels < 0).any() and (labels >= 0).any():
+        singles = labels.copy()
+        outliers = singles < 0
+        singles[outliers] = labels.max() + 1 + np.arange(outliers.sum())
+        return {**cluster_purity(singles, true_ids),
+                "clustered_fraction": float((~outliers).mean())}
     keep = labels >= 0
     if not keep.any():
         return {"purity": 0.0, "pair_precision": 0.0, "pair_recall": 0.0, "pair_f1": 0.0,

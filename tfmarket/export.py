@@ -210,8 +210,8 @@ def float32_copy(model, config, schema=None):
                                     model.get_layer("id").units, heads)
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    # By layer name: a model from tfmarket.adapt also holds its "cluster" output, which
-    # serving does not use.
+    # By layer name: the best.keras of runs adapted before ``ValidationCheckpoint(saves=)``
+    # also holds adapt's "cluster" output, which serving does not use.
     for layer in copy.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())

@@ -160,33 +160,3 @@ def softmax_class_weights(targets: np.ndarray, n_classes: int, power: float = 0.
     else:
         weights = np.ones(n_classes)
     return weights.astype(np.float32)
-
-
-@keras.saving.register_keras_serializable(package="tfmarket")
-class KnownAccuracy(keras.metrics.Metric):
-    """Top-1 accuracy over the samples whose class is known: y_true int [B] (or [B, 1]),
-    -1 = unknown (skipped, as the losses skip it); y_pred logits [B, C].
-
-    ``tfmarket.adapt``'s batches mix labelled and pseudo-labelled images, each with a target
-    for only one of the "id" and "cluster" outputs.
-    """
-
-    def __init__(self, name="acc", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
-        known = ops.cast(labels >= 0, "float32")
-        hit = ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), labels),
-                       "float32")
-        self.correct.assign_add(ops.sum(hit * known))
-        self.count.assign_add(ops.sum(known))
-
-    def result(self):
-        return self.correct / ops.maximum(self.count, 1.0)
-
-    def reset_state(self):
-        self.correct.assign(0.0)
-        self.count.assign(0.0)

@@ -25,7 +25,8 @@ from tfmarket.layers import FusedBatchNormalization, GeMPooling, L2Normalize, No
 BACKBONES = ("resnet50", "tiny")
 POOLINGS = ("avg", "gem")
 # Outputs of the training model that are not attribute heads ("cluster": tfmarket.adapt's
-# pseudo-identity logits, on the models it trains).
+# pseudo-identity logits, on the models it trains, and in the best.keras of runs it adapted
+# before that file kept the source architecture).
 REID_OUTPUTS = ("features", "embedding", "id", "cluster")
 
 

@@ -456,7 +456,8 @@ def _validation_callback(data: TrainingData, height: int, width: int, every: int
 
 
 def _callbacks(paths: RunPaths, throughput: Throughput, validation: ValidationCallback | None,
-               best_so_far: float | None, early_stopping_patience: int) -> list:
+               best_so_far: float | None, early_stopping_patience: int, *,
+               best_model=None) -> list:
     """The ``fit`` callbacks, in the order they must run.
 
     The backup comes first, so the weights and epoch are restored before any other callback
@@ -464,7 +465,8 @@ def _callbacks(paths: RunPaths, throughput: Throughput, validation: ValidationCa
     precedes the loggers, ``ModelCheckpoint`` and ``EarlyStopping``, which read the ``val_*``
     logs it adds.
     ``best_so_far`` (an interrupted run's best val_mAP) keeps ``best.keras`` from being
-    overwritten by a worse model.
+    overwritten by a worse model. ``best_model``: what ``best.keras`` saves, when not the model
+    being fit (``tfmarket.adapt``).
     """
     import keras
 
@@ -492,7 +494,7 @@ def _callbacks(paths: RunPaths, throughput: Throughput, validation: ValidationCa
     if validation is not None:
         callbacks.append(ValidationCheckpoint(
             str(out_dir / "best.keras"), monitor="val_mAP", mode="max", save_best_only=True,
-            initial_value_threshold=best_so_far))
+            initial_value_threshold=best_so_far, saves=best_model))
     if early_stopping_patience > 0:
         has_val = validation is not None
         callbacks.append(ValidationEarlyStopping(
@@ -615,22 +617,19 @@ def build_losses(config, targets, heads=None):
 
 
 def build_metrics(heads=None):
-    """Training accuracy per output with a class target, keyed by output name.
+    """Training accuracy per output with a class target, keyed by output name; samples whose
+    target is -1 (unknown) are skipped, as the losses skip them.
 
     The binary heads output logits [B, 1], so their accuracy thresholds at 0 (probability 0.5).
     ``heads`` as in :func:`build_losses`.
     """
-    import keras
-
     from tfmarket.attributes import HEADS
+    from tfmarket.keras_metrics import KnownAccuracy, KnownBinaryAccuracy
 
     heads = HEADS if heads is None else heads
-    metrics = {"id": [keras.metrics.SparseCategoricalAccuracy(name="acc")]}
+    metrics = {"id": [KnownAccuracy()]}
     for head, n_classes in heads.items():
-        metrics[head] = [
-            keras.metrics.BinaryAccuracy(name="acc", threshold=0.0) if n_classes == 1
-            else keras.metrics.SparseCategoricalAccuracy(name="acc")
-        ]
+        metrics[head] = [KnownBinaryAccuracy() if n_classes == 1 else KnownAccuracy()]
     return metrics
 
 

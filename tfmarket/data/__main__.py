@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from tfmarket.data.synthetic import DEFAULT_DOMAIN, DOMAINS
+from tfmarket.data.domains import DEFAULT_DOMAIN, DOMAINS
 from tfmarket.errors import TfmarketError
 
 
