@@ -187,10 +187,13 @@ def choose_retrieval(folder: Path, outputs: list[dict], query, gallery,
                      distractor_out: dict | None, heads: dict[str, int]) -> dict:
     """Chooses and writes ``retrieval.json`` into ``folder``; returns its report. ``heads``:
     the model's attribute heads (head -> output width; {} for a re-ID-only model)."""
+    import time
+
     import numpy as np
 
     from tfmarket.retrieval import RULE_FILE, choose_rule, save_rule
 
+    start = time.time()
     q_out, g_out = outputs
     g_pids, g_cams = gallery.pids, gallery.cams
     if distractor_out is not None:
@@ -199,15 +202,16 @@ def choose_retrieval(folder: Path, outputs: list[dict], query, gallery,
         g_pids = np.concatenate([g_pids, np.zeros(n, np.int64)])
         g_cams = np.concatenate([g_cams, np.full(n, -1, np.int64)])
     rule, rows = choose_rule(q_out, g_out, query.pids, g_pids, query.cams, g_cams, heads,
-                             progress=lambda what: print(f"retrieval: scoring {what}",
-                                                         file=sys.stderr, flush=True))
+                             progress=lambda what: print(
+                                 f"retrieval: scoring {what} ({time.time() - start:.0f} s in)",
+                                 file=sys.stderr, flush=True))
     plain = rows[0]
     chosen = next(r for r in rows if all(r[k] == v for k, v in asdict(rule).items()))
     report = {"scored_on": {"queries": len(query), "gallery": len(g_pids),
                             "distractors": 0 if distractor_out is None else n},
               "plain": {k: plain[k] for k in ("mAP", "rank1", "rank5", "mINP")},
               "chosen": {k: chosen[k] for k in ("mAP", "rank1", "rank5", "mINP")},
-              "rule": rule.describe(), "grid": rows}
+              "rule": rule.describe(), "grid": rows, "seconds": time.time() - start}
     path = folder / RULE_FILE
     save_rule(path, rule, report)
     return {**report, "file": str(path)}
@@ -301,7 +305,8 @@ def _retrieval_lines(retrieval: dict | None) -> list[str]:
     on = retrieval["scored_on"]
     return [
         f"retrieval, scored on {on['queries']} queries vs {on['gallery']} gallery images "
-        f"({on['distractors']} of them distractors):",
+        f"({on['distractors']} of them distractors; {len(retrieval['grid'])} rules scored in "
+        f"{retrieval.get('seconds', 0):.0f} s):",
         f"  plain cosine: {_one(retrieval['plain'])}",
         f"  chosen {retrieval['rule']}: {_one(retrieval['chosen'])}",
         f"wrote {retrieval['file']}",
