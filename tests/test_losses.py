@@ -69,6 +69,15 @@ def test_softmax_loss_label_smoothing_and_ignore():
     np.testing.assert_allclose(weighted[0], -2 * logp[0], rtol=1e-6)
 
 
+def test_softmax_loss_margin_lowers_the_target_logit():
+    # CosFace: target logit minus the margin. Logits [2, 1], class 0, margin 0.5:
+    # -log(e^1.5 / (e^1.5 + e^1)) = log(1 + e^-0.5); the unknown row stays 0.
+    logits = np.array([[2.0, 1.0], [2.0, 1.0]], np.float32)
+    per = np.asarray(SoftmaxLoss(0.0, margin=0.5).call(np.array([0, -1]), logits))
+    np.testing.assert_allclose(per, [np.log1p(np.exp(-0.5)), 0.0], rtol=1e-6)
+    assert SoftmaxLoss.from_config(SoftmaxLoss(0.1, margin=0.5).get_config()).margin == 0.5
+
+
 def test_binary_loss_weights_and_ignore():
     logits = np.array([[0.0], [0.0], [3.0]], np.float32)
     per = np.asarray(BinaryLoss(pos_weight=2.0, neg_weight=0.5).call(

@@ -66,3 +66,39 @@ def test_mixed_precision_outputs_stay_float32():
         assert all(keras.backend.standardize_dtype(v.dtype) == "float32" for v in out.values())
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_cosine_id_head_gives_scaled_cosines_and_reloads(tmp_path):
+    model = build_model(7, height=64, width=32, backbone="tiny", id_head="cosine", id_scale=16.0)
+    x = np.random.default_rng(2).uniform(0, 255, (3, 64, 32, 3)).astype(np.float32)
+    out = model(x, training=False)
+    neck = keras.Model(model.input, model.get_layer("bnneck").output)(x, training=False)
+    neck = np.asarray(neck, np.float32)
+    w = model.get_layer("id").get_weights()[0]  # [D, C]
+    expected = 16.0 * (neck / np.linalg.norm(neck, axis=1, keepdims=True)) @ (
+        w / np.linalg.norm(w, axis=0, keepdims=True))
+    np.testing.assert_allclose(np.asarray(out["id"]), expected, atol=1e-4)
+    assert np.abs(np.asarray(out["id"])).max() <= 16.0 + 1e-4
+    model.save(tmp_path / "cos.keras")
+    again = keras.models.load_model(tmp_path / "cos.keras")
+    np.testing.assert_allclose(np.asarray(again(x, training=False)["id"]),
+                               np.asarray(out["id"]), atol=1e-5)
+    with pytest.raises(ValueError, match="linear, cosine"):
+        build_model(3, backbone="tiny", id_head="arc")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["loss.id_margin=0.3"], "needs model.id_head: cosine"),
+    (["model.id_head=cosine", "loss.id_margin=1.5"], r"in \[0, 1\)"),
+    (["model.id_head=cosine", "model.id_scale=0"], "id_scale must be positive"),
+])
+def test_id_margin_settings_are_checked(overrides, message):
+    from tfmarket.config import load_config
+    from tfmarket.errors import ConfigError
+    from tfmarket.train import build_losses
+
+    config = load_config(None, overrides)
+    with pytest.raises(ConfigError, match=message):
+        build_losses(config, {}, {})
+    assert build_losses(load_config(None, ["model.id_head=cosine", "loss.id_margin=0.25"]),
+                        {}, {})[0]["id"].margin == pytest.approx(0.25 * 30.0)

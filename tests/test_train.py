@@ -53,10 +53,16 @@ def test_tensorboard_has_losses_lr_and_validation(tmp_path, course_synth):
         assert tag in tags, f"{tag} missing from {sorted(tags)}"
 
 
-def test_two_replicas_train(tmp_path, course_synth):
-    metrics = run(smoke_config(course_synth, "train.epochs=1"), tmp_path / "run", cpu_replicas=2)
+def test_two_replicas_train_with_the_cosine_margin_id_head(tmp_path, course_synth):
+    import csv
+
+    metrics = run(smoke_config(course_synth, "train.epochs=1", "model.id_head=cosine",
+                               "loss.id_margin=0.25"), tmp_path / "run", cpu_replicas=2)
     assert metrics["replicas"] == 2
     assert metrics["global_batch"] == 2 * 4 * 4
+    with (tmp_path / "run" / "history.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    assert 0 < float(row["id_loss"]) < 50  # finite: the margin is in logit units x 30
 
 
 def test_resume_after_kill_9_continues_from_the_saved_epoch(tmp_path, course_synth):

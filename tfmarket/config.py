@@ -74,6 +74,10 @@ class ModelConfig:
     dropout: float = 0.0
     # BN layers train with TensorFlow's fused kernel: same results, faster (issue 12)
     fused_batchnorm: bool = True
+    # ID classifier: linear (BoT) | cosine (normalised weights and feature, logits
+    # id_scale x cosine: the head CosFace / ArcFace margins act on; see loss.id_margin)
+    id_head: str = "linear"
+    id_scale: float = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +88,9 @@ class LossConfig:
     margin: float = 0.3
     soft_margin: bool = False
     label_smoothing: float = 0.1
+    # CosFace additive cosine margin on the target class (model.id_head: cosine): the target
+    # logit becomes id_scale x (cos - id_margin). 0 = plain softmax.
+    id_margin: float = 0.0
     balance_attributes: bool = True  # class-balanced weights for the attribute losses
 
 
@@ -185,6 +192,7 @@ CHOICES = {
     "data.validation": ("auto", "holdout", "official", "none"),
     "model.backbone": ("resnet50", "tiny"),
     "model.pooling": ("avg", "gem"),
+    "model.id_head": ("linear", "cosine"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.schedule": ("step", "cosine", "constant"),
     "train.precision": PRECISIONS,

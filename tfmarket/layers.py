@@ -79,40 +79,60 @@ class L2Normalize(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfmarket")
-class ClusterPrototypes(keras.layers.Layer):
-    """Cosine similarity to one learned prototype per pseudo-identity, over a temperature.
+class CosineClassifier(keras.layers.Layer):
+    """Cosine similarity to one learned direction per class, times ``scale``.
+
+    The normalised classifier of NormFace / CosFace / ArcFace: logits depend only on the angle
+    between the feature and each class weight, so a margin on the target's cosine
+    (``tfmarket.losses.SoftmaxLoss(margin=)``) shapes the embedding's angles directly.
+
+    Input float [B, D] (any norm); output float32 [B, units] logits, ``scale`` x cos.
+    """
+
+    def __init__(self, units: int, scale: float = 30.0, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.scale = float(scale)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units),
+                                      initializer="glorot_uniform", name="kernel")
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        x = x / ops.sqrt(ops.maximum(ops.sum(x * x, axis=-1, keepdims=True), 1e-12))
+        w = ops.cast(self.kernel, "float32")
+        w = w / ops.sqrt(ops.maximum(ops.sum(w * w, axis=0, keepdims=True), 1e-12))
+        return ops.matmul(x, w) * self.scale
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="tfmarket")
+class ClusterPrototypes(CosineClassifier):
+    """One prototype per pseudo-identity: a :class:`CosineClassifier` with scale
+    1 / ``temperature``, set from the cluster centroids ([D, C]) with ``set_weights``.
 
     ``tfmarket.adapt``'s cluster loss (a softmax over these logits) is the prototype form of
     Cluster Contrast's (Dai et al. 2022) memory loss: each prototype starts at its cluster's
     mean embedding and, being normalised, moves only in direction. Unlike a rebuilt ID
     classifier it gives every pseudo-identity a calibrated logit from the first step.
-
-    Input float [B, D] (unit rows); output float32 [B, C] logits, cos / ``temperature``.
     """
 
     def __init__(self, num_clusters: int, temperature: float = 0.05, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
+        super().__init__(num_clusters, 1.0 / float(temperature), **kwargs)
         self.num_clusters = int(num_clusters)
         self.temperature = float(temperature)
 
-    def build(self, input_shape):
-        self.prototypes = self.add_weight(
-            shape=(input_shape[-1], self.num_clusters), initializer="glorot_uniform",
-            name="prototypes")
-
-    def call(self, x):
-        x = ops.cast(x, "float32")
-        w = ops.cast(self.prototypes, "float32")
-        w = w / ops.sqrt(ops.maximum(ops.sum(w * w, axis=0, keepdims=True), 1e-12))
-        return ops.matmul(x, w) / self.temperature
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.num_clusters)
-
     def get_config(self):
-        return {**super().get_config(), "num_clusters": self.num_clusters,
-                "temperature": self.temperature}
+        config = super().get_config()
+        del config["units"], config["scale"]
+        return {**config, "num_clusters": self.num_clusters, "temperature": self.temperature}
 
 
 # Below this epsilon TensorFlow's fused kernel silently raises it (a cuDNN requirement), which

@@ -74,16 +74,22 @@ class TripletLoss(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="tfmarket")
 class SoftmaxLoss(keras.losses.Loss):
-    """Sparse softmax cross-entropy with label smoothing and optional class weights.
+    """Sparse softmax cross-entropy with label smoothing, optional class weights and an
+    optional additive margin.
 
     y_true int [B] (or [B, 1]), -1 = unknown (zero loss); y_pred logits [B, C].
     ``class_weights`` float [C] multiplies each sample's loss by its class's weight.
+    ``margin`` is subtracted from the target class's logit before the softmax: with a
+    :class:`~tfmarket.layers.CosineClassifier`'s logits s x cos it is CosFace (Wang et al.
+    2018) with margin ``margin / s``; the sample must then beat the other classes by it.
     """
 
-    def __init__(self, label_smoothing: float = 0.0, class_weights=None, name="softmax", **kw):
+    def __init__(self, label_smoothing: float = 0.0, class_weights=None, name="softmax", *,
+                 margin: float = 0.0, **kw):
         super().__init__(name=name, **kw)
         self.label_smoothing = float(label_smoothing)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.margin = float(margin)
 
     def call(self, y_true, y_pred):
         logits = ops.cast(y_pred, "float32")
@@ -92,6 +98,8 @@ class SoftmaxLoss(keras.losses.Loss):
         known = labels >= 0
         safe = ops.where(known, labels, 0)
         target = ops.one_hot(safe, n_classes, dtype="float32")
+        if self.margin:
+            logits = logits - self.margin * target
         if self.label_smoothing:
             eps = self.label_smoothing
             target = target * (1.0 - eps) + eps / ops.cast(n_classes, "float32")
@@ -105,6 +113,7 @@ class SoftmaxLoss(keras.losses.Loss):
             **super().get_config(),
             "label_smoothing": self.label_smoothing,
             "class_weights": self.class_weights,
+            "margin": self.margin,
         }
 
 

@@ -20,10 +20,17 @@ from collections.abc import Mapping
 import keras
 
 from tfmarket.attributes import HEADS
-from tfmarket.layers import FusedBatchNormalization, GeMPooling, L2Normalize, Normalize
+from tfmarket.layers import (
+    CosineClassifier,
+    FusedBatchNormalization,
+    GeMPooling,
+    L2Normalize,
+    Normalize,
+)
 
 BACKBONES = ("resnet50", "tiny")
 POOLINGS = ("avg", "gem")
+ID_HEADS = ("linear", "cosine")
 # Outputs of the training model that are not attribute heads ("cluster": tfmarket.adapt's
 # pseudo-identity logits, on the models it trains, and in the best.keras of runs it adapted
 # before that file kept the source architecture).
@@ -94,6 +101,8 @@ def build_model(
     dropout: float = 0.0,
     fused_batchnorm: bool = True,
     heads: Mapping[str, int] | None = None,
+    id_head: str = "linear",
+    id_scale: float = 30.0,
 ) -> keras.Model:
     """The training model; see the module docstring for outputs.
 
@@ -101,11 +110,15 @@ def build_model(
     gives Keras's own layers (same weights and results, slower; for comparison).
     ``heads``: attribute head -> output width (1 = sigmoid), in output order
     (``AttributeSchema.head_sizes``); None = Market-1501's :data:`HEADS`, {} = re-ID only.
+    ``id_head``: "linear" (BoT's bias-free classifier) or "cosine" (a
+    :class:`~tfmarket.layers.CosineClassifier`, logits ``id_scale`` x cosine).
     """
     heads = HEADS if heads is None else dict(heads)
     clash = [h for h in heads if h in REID_OUTPUTS]
     if clash:
         raise ValueError(f"attribute heads may not be named {', '.join(clash)}")
+    if id_head not in ID_HEADS:
+        raise ValueError(f"unknown id_head {id_head!r}; valid: {', '.join(ID_HEADS)}")
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
     if weights in ("", "none", "None"):
@@ -128,7 +141,8 @@ def build_model(
     outputs = {
         "features": features,
         "embedding": L2Normalize(name="embedding")(neck),
-        "id": keras.layers.Dense(num_ids, use_bias=False, dtype="float32", name="id")(neck),
+        "id": (CosineClassifier(num_ids, id_scale, name="id") if id_head == "cosine" else
+               keras.layers.Dense(num_ids, use_bias=False, dtype="float32", name="id"))(neck),
     }
     head_input = keras.layers.Dropout(dropout, name="head_dropout")(neck) if dropout else neck
     for head, n_classes in heads.items():

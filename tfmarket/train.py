@@ -440,6 +440,7 @@ def build_training_model(config, num_identities: int, heads: dict[str, int]):
         last_stride=model_cfg.last_stride, pooling=model_cfg.pooling,
         embedding_dim=model_cfg.embedding_dim, dropout=model_cfg.dropout,
         fused_batchnorm=model_cfg.fused_batchnorm, heads=heads,
+        id_head=model_cfg.id_head, id_scale=model_cfg.id_scale,
     )
 
 
@@ -598,8 +599,9 @@ def build_losses(config, targets, heads=None):
 
     heads = HEADS if heads is None else heads
     loss_cfg = config.loss
+    margin = _id_margin(config)
     losses = {
-        "id": SoftmaxLoss(loss_cfg.label_smoothing, name="id_loss"),
+        "id": SoftmaxLoss(loss_cfg.label_smoothing, margin=margin, name="id_loss"),
         "features": TripletLoss(loss_cfg.margin, loss_cfg.soft_margin, name="triplet_loss"),
     }
     weights = {"id": loss_cfg.id_weight, "features": loss_cfg.triplet_weight}
@@ -614,6 +616,22 @@ def build_losses(config, targets, heads=None):
             losses[head] = SoftmaxLoss(0.0, cw, name=f"{head}_loss")
         weights[head] = per_head
     return losses, weights
+
+
+def _id_margin(config) -> float:
+    """``loss.id_margin`` in logit units (x ``model.id_scale``); ConfigError when it cannot
+    apply."""
+    from tfmarket.errors import ConfigError
+
+    margin, model_cfg = config.loss.id_margin, config.model
+    if model_cfg.id_head == "cosine" and not model_cfg.id_scale > 0:
+        raise ConfigError(f"model.id_scale must be positive, got {model_cfg.id_scale!r}")
+    if not 0.0 <= margin < 1.0:
+        raise ConfigError(f"loss.id_margin must be in [0, 1) (a cosine), got {margin!r}")
+    if margin and model_cfg.id_head != "cosine":
+        raise ConfigError("loss.id_margin needs model.id_head: cosine (a margin on a cosine); "
+                          f"model.id_head is {model_cfg.id_head!r}")
+    return margin * model_cfg.id_scale
 
 
 def build_metrics(heads=None):
