@@ -57,6 +57,15 @@ def test_export_refuses_to_overwrite_and_names_bad_runs(exported, tmp_path):
         export_run(__import__("pathlib").Path(card["source_run"]), out)
     with pytest.raises(TfmarketError, match="not a tfmarket run directory"):
         export_run(tmp_path, tmp_path / "x")
+    # A damaged model file: one line naming it, nothing written.
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(card["source_run"], broken, ignore=shutil.ignore_patterns("*.keras"))
+    (broken / "best.keras").write_bytes(b"not a zip archive")
+    with pytest.raises(TfmarketError, match=r"best.keras: not a loadable tfmarket model"):
+        export_run(broken, tmp_path / "y")
+    assert not (tmp_path / "y").exists()
 
 
 def test_rank_course_layout_writes_parseable_submission(exported, course_synth, tmp_path,

@@ -178,14 +178,10 @@ class _Adaptation:
 
     def _load_model(self, round_model: str | None):
         """The model to continue from: the last finished round's, else the source run's."""
-        import keras
-
-        import tfmarket.layers  # noqa: F401  (registers the custom layers for loading)
-        import tfmarket.losses  # noqa: F401
-        import tfmarket.schedules  # noqa: F401
+        from tfmarket.model import load_run_model
 
         path = self.workdir / round_model if round_model else self.plan.source_model
-        model = keras.models.load_model(path, compile=False)
+        model = load_run_model(path)
         units = model.get_layer("id").units
         if units < self.num_labelled:
             raise DataError(

@@ -238,13 +238,9 @@ def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, in
         if not overwrite:
             raise TfmarketError(f"{out}: already exists; pass --overwrite to replace it")
 
-    import keras
+    from tfmarket.model import load_run_model
 
-    import tfmarket.layers  # noqa: F401  (registers the custom layers for loading)
-    import tfmarket.losses  # noqa: F401
-    import tfmarket.schedules  # noqa: F401
-
-    model = float32_copy(keras.models.load_model(model_path), config, schema)
+    model = float32_copy(load_run_model(model_path), config, schema)
     images = _parity_images(config, workdir, parity_images)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

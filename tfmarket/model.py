@@ -150,6 +150,25 @@ def build_model(
     return keras.Model(images, outputs, name=f"tfmarket_{backbone}")
 
 
+def load_run_model(path) -> keras.Model:
+    """A run's ``.keras`` file (``best.keras``, ``model.keras``, an adapt round's), uncompiled.
+
+    Registers tfmarket's custom layers, losses, metrics and schedules first: a fresh process
+    (``python -m tfmarket.export``) has not imported them, and Keras cannot rebuild the model
+    without them. Raises DataError naming the file when it does not load.
+    """
+    import tfmarket.keras_metrics  # noqa: F401  (registers the custom objects for loading)
+    import tfmarket.losses  # noqa: F401
+    import tfmarket.schedules  # noqa: F401
+    from tfmarket.errors import DataError
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (OSError, TypeError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: not a loadable tfmarket model ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200]})") from None
+
+
 def model_heads(model: keras.Model) -> dict[str, int]:
     """The attribute heads of a training model: head -> output width, by name."""
     names = sorted(set(model.output_names) - set(REID_OUTPUTS))
