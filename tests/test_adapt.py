@@ -275,12 +275,10 @@ def test_adapt_end_to_end_interrupted_and_resumed(tmp_path, source_run, course_s
 
     # The saved models have the source run's outputs: the "cluster" prototypes exist only
     # while a round trains.
-    import keras
-
-    import tfmarket.layers  # noqa: F401  (registers the custom layers for loading)
+    from tfmarket.model import load_run_model
 
     def outputs(path):
-        return sorted(keras.models.load_model(path, compile=False).output_names)
+        return sorted(load_run_model(path).output_names)
 
     source_outputs = outputs(source_run / "best.keras")
     assert "cluster" not in source_outputs

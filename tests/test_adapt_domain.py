@@ -102,14 +102,11 @@ def pseudo_label_quality(adapted: Path) -> list[dict]:
 def target_map(adapted: Path, target: Path) -> dict[str, float]:
     """Re-ID mAP on the night network's query/gallery: {"source": the model adaptation started
     from, "adapted": the adapted model.keras}."""
-    import keras
     import yaml
 
-    import tfmarket.layers  # noqa: F401  (registers the custom layers for loading)
-    import tfmarket.losses  # noqa: F401
-    import tfmarket.schedules  # noqa: F401
     from tfmarket.data.market1501 import load_dataset
     from tfmarket.evaluation import predict_records, score
+    from tfmarket.model import load_run_model
 
     config = yaml.safe_load((adapted / "config.yaml").read_text())
     height, width = config["data"]["height"], config["data"]["width"]
@@ -117,7 +114,7 @@ def target_map(adapted: Path, target: Path) -> dict[str, float]:
     dataset = load_dataset(target, "market1501")
     result = {}
     for name, path in (("source", source_model), ("adapted", adapted / "model.keras")):
-        model = keras.models.load_model(path, compile=False)
+        model = load_run_model(path)
         result[name] = score(predict_records(model, dataset.query, height, width),
                              predict_records(model, dataset.gallery, height, width),
                              dataset.query, dataset.gallery)["mAP"]

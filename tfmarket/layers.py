@@ -65,13 +65,18 @@ class GeMPooling(keras.layers.Layer):
         return {**super().get_config(), "p": self.initial_p, "eps": self.eps}
 
 
+def unit_length(x, axis: int = -1):
+    """``x`` cast to float32 and scaled to unit L2 norm along ``axis`` (zero stays zero)."""
+    x = ops.cast(x, "float32")
+    return x / ops.sqrt(ops.maximum(ops.sum(x * x, axis=axis, keepdims=True), 1e-12))
+
+
 @keras.saving.register_keras_serializable(package="tfmarket")
 class L2Normalize(keras.layers.Layer):
     """[B, D] -> [B, D] unit rows, computed in float32."""
 
     def call(self, x):
-        x = ops.cast(x, "float32")
-        return x / ops.sqrt(ops.maximum(ops.sum(x * x, axis=-1, keepdims=True), 1e-12))
+        return unit_length(x)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -100,11 +105,8 @@ class CosineClassifier(keras.layers.Layer):
                                       initializer="glorot_uniform", name="kernel")
 
     def call(self, x):
-        x = ops.cast(x, "float32")
-        x = x / ops.sqrt(ops.maximum(ops.sum(x * x, axis=-1, keepdims=True), 1e-12))
-        w = ops.cast(self.kernel, "float32")
-        w = w / ops.sqrt(ops.maximum(ops.sum(w * w, axis=0, keepdims=True), 1e-12))
-        return ops.matmul(x, w) * self.scale
+        # Unit feature rows and unit class columns: the product is the cosine.
+        return ops.matmul(unit_length(x), unit_length(self.kernel, axis=0)) * self.scale
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units)
