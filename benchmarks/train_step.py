@@ -12,10 +12,15 @@ How it copes with a shared, noisy machine (the same row can measure 2x apart min
 every row's model lives in its own Python process, built and warmed up once (``--warmup``
 steps, which include tracing/compilation); then in each of ``--repeats`` rounds the rows take
 turns running ``--steps`` timed steps (a few seconds each), in alternating order. A row's
-images/s is the median over the rounds, with its spread (min-max), and its ratio to PyTorch bf16
-autocast is the median of the per-round ratios: both sides of a ratio are measured seconds
-apart, so drift in the machine's speed cancels. The CPU model and its bf16 / AMX / VNNI flags
-head the output.
+images/s is the median over the rounds, with its spread (min-max), and its ratio to PyTorch's
+best row of the same round (fp32 or bf16 autocast, glibc's malloc or the tuned one) is the
+median of the per-round ratios: both sides of a ratio are measured seconds apart, so drift in
+the machine's speed cancels. The CPU model and its bf16 / AMX / VNNI flags head the output.
+Precisions ``auto`` (the default) adds bf16 rows only on a CPU with native bf16, as
+``precision: auto`` trains; elsewhere bf16 is emulated at minutes per step. Each row also
+reports its system CPU time per user CPU time (getrusage over its timed steps): page faults
+from a churning allocator show there (``tfmarket.allocator``; ``--malloc`` /
+``--torch-malloc`` choose each framework's rows' malloc: ``tuned``, ``default`` or ``both``).
 
 * ``tfmarket``: :func:`tfmarket.model.build_model` (ResNet50, random init, last stride 1, avg
   pooling, BNNeck, 751-way ID head, attribute heads) compiled exactly as ``tfmarket.train``
@@ -82,8 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=None,
                         help="rounds in which every row runs --steps steps (default 7; "
                         "--quick: 2)")
-    parser.add_argument("--precisions", default="float32,mixed_bfloat16",
-                        help="Keras policies; PyTorch rows use fp32 / bf16 autocast to match")
+    parser.add_argument("--precisions", default="auto",
+                        help="Keras policies; PyTorch rows use fp32 / bf16 autocast to match. "
+                        "auto: float32,mixed_bfloat16 on a CPU with native bf16, else float32 "
+                        "only (bf16 is emulated there: minutes per step)")
+    parser.add_argument("--malloc", default="tuned",
+                        help="tfmarket rows' glibc malloc: tuned (tfmarket.allocator, what the "
+                        "commands run), default (glibc's settings), or both")
+    parser.add_argument("--onednn", default="auto", choices=("auto", "on", "off", "both"),
+                        help="tfmarket rows' TensorFlow kernels: auto (what the commands choose, "
+                        "tfmarket.hardware.choose_onednn), on / off (TF_ENABLE_ONEDNN_OPTS=1 / "
+                        "0: oneDNN or Eigen), both (an off and an on row)")
+    parser.add_argument("--torch-malloc", default="both",
+                        help="PyTorch rows' glibc malloc, as --malloc (default both: the ratio "
+                        "column takes PyTorch's best row of each round)")
     parser.add_argument("--batchnorm", default="fused,keras",
                         help="tfmarket BN layers: fused (tfmarket's), keras (Keras's own), both")
     parser.add_argument("--xla", choices=("off", "on", "both"), default="off",
@@ -104,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "pipeline (what python -m tfmarket.train runs); adds 'vs step' ratios")
     parser.add_argument("--fit-inputs", default=",".join(FIT_INPUTS),
                         help="with --fit: which of step, fit-constant, fit-pipeline to run "
-                        "(step is always added)")
+                        "(the 'vs step' column needs step)")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"
                                               / "market1501-course"),
                         help="dataset root for --fit (default ../shared/data/market1501-course)")
@@ -370,21 +387,46 @@ def row_specs(args, height: int, width: int) -> list[dict]:
     if not args.no_torch:
         for precision in precisions:
             if precision != "mixed_float16":  # no fp16 autocast comparison on CPU
-                specs.append({"framework": "pytorch", "height": height, "width": width,
-                              "precision": "float32" if precision == "float32" else TORCH_BF16,
-                              "batchnorm": "-", "xla": "-"})
+                specs += [{"framework": "pytorch", "height": height, "width": width,
+                           "precision": "float32" if precision == "float32" else TORCH_BF16,
+                           "batchnorm": "-", "xla": "-", "malloc": malloc}
+                          for malloc in malloc_choices(args.torch_malloc)]
     if not args.no_tf:
         interops = [int(t) for t in args.interop.split(",") if t.strip()]
         inputs = [i.strip() for i in args.fit_inputs.split(",")] if args.fit else ["step"]
-        if args.fit and "step" not in inputs:
-            inputs.insert(0, "step")  # the reference of the 'vs step' column
+        onednns = {"auto": ["auto"], "on": ["on"], "off": ["off"],
+                   "both": ["off", "on"]}[args.onednn]
         specs += [{"framework": "tfmarket", "height": height, "width": width,
-                   "precision": precision, "batchnorm": norm, "xla": xla,
+                   "precision": precision, "batchnorm": norm, "xla": xla, "malloc": malloc,
+                   **({"onednn": onednn} if onednn != "auto" else {}),
                    **({"interop": interop} if interop else {}),
                    **({"input": feed} if args.fit else {})}
                   for precision in precisions for norm in norms for xla in xlas
-                  for interop in interops for feed in inputs]
+                  for interop in interops for feed in inputs
+                  for malloc in malloc_choices(args.malloc) for onednn in onednns]
     return specs
+
+
+def malloc_choices(text: str) -> list[str]:
+    """--malloc / --torch-malloc -> ["tuned"], ["default"] or both."""
+    choices = {"tuned": ["tuned"], "default": ["default"], "both": ["default", "tuned"]}
+    if text not in choices:
+        raise SystemExit(f"malloc choice {text!r}; valid: {', '.join(choices)}")
+    return choices[text]
+
+
+def resolve_precisions(text: str) -> tuple[str, str]:
+    """--precisions -> (comma list, why): auto adds bf16 rows only where the CPU has native
+    bf16 (tfmarket.hardware.BF16_FLAGS), as ``precision: auto`` trains."""
+    from tfmarket.hardware import BF16_FLAGS, cpu_flags
+
+    if text != "auto":
+        return text, "as asked"
+    native = [f for f in BF16_FLAGS if f in cpu_flags()]
+    if native:
+        return "float32,mixed_bfloat16", f"auto: native bf16 ({', '.join(native)})"
+    return "float32", "auto: no native bf16 on this CPU, so no emulated bf16 rows " \
+        "(--precisions float32,mixed_bfloat16 adds them)"
 
 
 class Worker:
@@ -398,8 +440,15 @@ class Worker:
                      "--last-stride", str(args.last_stride), "--config", args.config,
                      *(["--fit", "--data", str(args.data)] if args.fit else [])]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        # The child tunes glibc malloc as the commands do, unless the row asks for glibc's own.
+        env.pop("TFMARKET_MALLOC", None)
+        if spec.get("malloc") == "default":
+            env["TFMARKET_MALLOC"] = "default"
         if spec.get("interop"):
             env["TF_NUM_INTEROP_THREADS"] = str(spec["interop"])
+        env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # auto: the child chooses as the commands do
+        if spec.get("onednn"):
+            env["TF_ENABLE_ONEDNN_OPTS"] = "1" if spec["onednn"] == "on" else "0"
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--child", json.dumps(spec), *forwarded],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -432,7 +481,18 @@ class Worker:
 
 def child_main(args) -> int:
     """Worker side of :class:`Worker`: build, warm up, then answer run/profile/quit lines."""
+    import resource
+
+    from tfmarket.allocator import tune_malloc
+
     spec = json.loads(args.child)
+    tune_malloc()  # before TensorFlow / PyTorch allocate; TFMARKET_MALLOC=default skips it
+    if spec["framework"] == "tfmarket":
+        from tfmarket.hardware import ONEDNN_ENV, choose_onednn, cpu_flags
+
+        onednn, _ = choose_onednn(cpu_flags(), dict(os.environ))
+        if onednn is not None:  # what every command does before importing TensorFlow
+            os.environ[ONEDNN_ENV] = onednn
     if spec["framework"] == "pytorch":
         make = torch_trainer
     else:
@@ -445,8 +505,14 @@ def child_main(args) -> int:
     for line in sys.stdin:
         command, _, value = line.strip().partition(" ")
         if command == "run":
+            before = resource.getrusage(resource.RUSAGE_SELF)
             seconds, loss = steps(int(value))
-            print("TIME " + json.dumps({"seconds": seconds, "loss": loss}), flush=True)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            print("TIME " + json.dumps({
+                "seconds": seconds, "loss": loss,
+                "user_s": after.ru_utime - before.ru_utime,
+                "system_s": after.ru_stime - before.ru_stime,
+                "minor_faults": after.ru_minflt - before.ru_minflt}), flush=True)
         elif command == "profile":
             print("PROFILE " + json.dumps({"top_ops": profile(value) if profile else []}),
                   flush=True)
@@ -468,12 +534,14 @@ def measure_size(height: int, width: int, args) -> tuple[list[dict], list[dict]]
             workers.append(Worker(spec, args))
             print(f"  ready: {_label(spec)} (build + {args.warmup} warm-up steps "
                   f"{workers[-1].facts['warmup_seconds']:.0f} s)", flush=True)
-        rounds = []
+        rounds, system_shares = [], {}
         for number in range(args.repeats):
             result = {}
             for worker in workers if number % 2 == 0 else workers[::-1]:
                 timed = worker.run(args.steps)
                 result[_key(worker.spec)] = args.steps * args.batch / timed["seconds"]
+                system_shares.setdefault(_key(worker.spec), []).append(
+                    timed["system_s"] / max(timed["user_s"], 1e-9))
             rounds.append(result)
             print(f"  round {number + 1}/{args.repeats}: " + ", ".join(
                 f"{_label(w.spec)} {result[_key(w.spec)]:.1f}" for w in workers), flush=True)
@@ -487,22 +555,25 @@ def measure_size(height: int, width: int, args) -> tuple[list[dict], list[dict]]
         for worker in workers:
             worker.close()
     rows = [{**w.spec, "size": f"{height}x{width}", **w.facts,
-             "images_per_second": [r[_key(w.spec)] for r in rounds]} for w in workers]
-    reference = _key({"framework": "pytorch", "precision": TORCH_BF16, "batchnorm": "-",
-                      "xla": "-"})
+             "images_per_second": [r[_key(w.spec)] for r in rounds],
+             "system_per_user": system_shares[_key(w.spec)]} for w in workers]
+    torch_keys = [_key(w.spec) for w in workers if w.spec["framework"] == "pytorch"]
     for row in rows:
-        row["ratio_vs_torch_bf16"] = [r[_key(row)] / r[reference] for r in rounds
-                                      if reference in r]
-        if row.get("input"):
-            step = _key({**row, "input": "step"})
+        # PyTorch's best row in the same round (fp32 or bf16 autocast, either malloc).
+        row["ratio_vs_torch_best"] = [r[_key(row)] / max(r[k] for k in torch_keys)
+                                      for r in rounds if torch_keys]
+        step = _key({**row, "input": "step"})
+        if row.get("input") and step in rounds[0]:
             row["ratio_vs_step"] = [r[_key(row)] / r[step] for r in rounds]
     return rows, profiles
 
 
 def _label(spec: dict) -> str:
+    malloc = (" malloc default" if spec.get("malloc") == "default" else "") + (
+        f" oneDNN {spec['onednn']}" if spec.get("onednn") else "")
     if spec["framework"] == "pytorch":
-        return f"pytorch {spec['precision']}"
-    return f"tfmarket {spec['precision']} BN {spec['batchnorm']}" + (
+        return f"pytorch {spec['precision']}{malloc}"
+    return f"tfmarket {spec['precision']} BN {spec['batchnorm']}{malloc}" + (
         " XLA" if spec["xla"] == "on" else "") + (
         f" inter-op {spec['interop']}" if spec.get("interop") else "") + (
         f" {spec['input']}" if spec.get("input") else "")
@@ -510,16 +581,18 @@ def _label(spec: dict) -> str:
 
 def _key(row) -> tuple:
     return (row["framework"], row["precision"], row["batchnorm"], row["xla"],
-            row.get("interop", 0), row.get("input", "step"))
+            row.get("interop", 0), row.get("input", "step"), row.get("malloc", "tuned"),
+            row.get("onednn", "auto"))
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Median and spread over the rounds of images/s and of the ratio to PyTorch bf16."""
+    """Median and spread over the rounds of images/s and of the ratio to PyTorch's best."""
     out = []
     for row in rows:
-        rates, ratios = row["images_per_second"], row["ratio_vs_torch_bf16"]
+        rates, ratios = row["images_per_second"], row["ratio_vs_torch_best"]
         out.append({**row, "median": statistics.median(rates), "min": min(rates),
                     "max": max(rates),
+                    "median_system_per_user": statistics.median(row["system_per_user"]),
                     "median_ratio": statistics.median(ratios) if ratios else None,
                     "ratio_min": min(ratios, default=None),
                     "ratio_max": max(ratios, default=None)})
@@ -532,9 +605,9 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def format_table(summary: list[dict], flops_per_image: dict[str, float]) -> str:
     fit = any(r.get("input") for r in summary)
-    header = ["framework", "size", "precision", "BN", "xla", "inter-op",
+    header = ["framework", "size", "precision", "BN", "xla", "inter-op", "malloc", "oneDNN",
               *(["input"] if fit else []), "images/s median", "min-max",
-              "vs PyTorch bf16: median", "min-max",
+              "vs PyTorch best: median", "min-max", "system/user CPU",
               *(["vs step: median", "min-max"] if fit else []), "GFLOP/s"]
     lines = []
     for r in summary:
@@ -544,16 +617,19 @@ def format_table(summary: list[dict], flops_per_image: dict[str, float]) -> str:
         lines.append([
             r["framework"], r["size"], r["precision"], r["batchnorm"], r["xla"],
             str(r.get("interop") or ("-" if r["framework"] == "pytorch" else "default")),
+            r.get("malloc", "tuned"),
+            "-" if r["framework"] == "pytorch" else r.get("onednn", "auto"),
             *([r.get("input", "-")] if fit else []),
             f"{r['median']:.2f}", f"{r['min']:.1f}-{r['max']:.1f}",
             f"{r['median_ratio']:.2f}x" if ratio else "n/a",
             f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}" if ratio else "",
+            f"{r['median_system_per_user']:.2f}",
             *([f"{r['vs_step_median']:.2f}x" if vs_step else "",
                f"{r['vs_step_min']:.2f}-{r['vs_step_max']:.2f}" if vs_step else ""]
               if fit else []),
             f"{r['median'] * flops / 1e9:.0f}" if flops else "n/a",
         ])
-    return render_table(header, lines, left=tuple(range(7 if fit else 6)))
+    return render_table(header, lines, left=tuple(range(9 if fit else 8)))
 
 
 def flops_report(sizes, macs_by_size: dict[str, int], last_stride: int) -> tuple[str, dict]:
@@ -605,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args)
     if args.batch % K:
         raise SystemExit(f"--batch must be a multiple of {K} (P x K batches)")
+    args.precisions, precision_reason = resolve_precisions(args.precisions)
     if args.warmup < 1:
         raise SystemExit("--warmup must be at least 1 (the first step compiles)")
     if not args.no_torch:
@@ -614,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
             print(TORCH_HINT.format(error=f"{type(exc).__name__}: {exc}"))
             args.no_torch = True
     machine = machine_info()
-    print(f"CPU: {machine['cpu']}; {machine['affinity_cpus']} usable cores")
+    print(f"CPU: {machine['cpu']}; {machine['affinity_cpus']} usable cores; precisions "
+          f"{args.precisions} ({precision_reason})")
     print(f"batch {args.batch}, sizes {args.sizes}, last stride {args.last_stride}; every row "
           f"in its own process, built and warmed up ({args.warmup} steps), then {args.repeats} "
           f"rounds in which the rows take turns running {args.steps} timed steps", flush=True)

@@ -11,6 +11,13 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# As every command does, before TensorFlow is imported: glibc malloc tuned (the training tests
+# otherwise spend much of their time re-faulting freed memory) and oneDNN on where TensorFlow
+# would leave it off.
+from tfmarket.console import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
+
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COURSE = REAL_DATA / "market1501-course"
 MINI = REAL_DATA / "mini_market1501"

@@ -55,3 +55,27 @@ def test_explicit_precision_is_kept_and_unknown_refused():
         "float32", "set in the config")
     with pytest.raises(ValueError, match="valid: auto, float32"):
         choose_precision("fp8", [], frozenset())
+
+
+def test_onednn_turned_on_for_avx2_cpus_that_tensorflow_leaves_on_eigen():
+    from tfmarket.hardware import choose_onednn
+
+    value, why = choose_onednn(frozenset({"avx", "avx2", "fma"}), {})
+    assert value == "1" and "turned on" in why
+
+
+def test_onednn_left_to_tensorflow_where_it_is_on_by_default_or_cannot_run():
+    from tfmarket.hardware import choose_onednn
+
+    for flag in ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile"):
+        value, why = choose_onednn(frozenset({"avx2", flag}), {})
+        assert value is None and flag in why
+    assert choose_onednn(frozenset({"sse4_2", "avx"}), {})[0] is None  # no AVX2
+    assert choose_onednn(frozenset(), {})[0] is None  # not x86 (no flags read)
+
+
+def test_users_onednn_setting_is_kept():
+    from tfmarket.hardware import choose_onednn
+
+    value, why = choose_onednn(frozenset({"avx2"}), {"TF_ENABLE_ONEDNN_OPTS": "0"})
+    assert value is None and "TF_ENABLE_ONEDNN_OPTS=0 as set" in why

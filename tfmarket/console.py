@@ -30,15 +30,28 @@ HARMLESS_EXPORT_WARNINGS = (
 
 
 def quiet_tensorflow(verbose: bool = False) -> None:
-    """Silences TensorFlow's C++ INFO/WARNING lines (oneDNN, CPU-feature, tf.data notes).
+    """Prepares the process for TensorFlow: tunes glibc malloc
+    (:func:`tfmarket.allocator.tune_malloc`), turns oneDNN on where TensorFlow would leave it off
+    (:func:`tfmarket.hardware.choose_onednn`) and silences TensorFlow's C++ INFO/WARNING lines
+    (oneDNN, CPU-feature, tf.data notes).
 
-    Must run before TensorFlow is imported (it reads ``TF_CPP_MIN_LOG_LEVEL`` once). Errors
-    still print. A value the user set is kept; ``verbose`` leaves TensorFlow's default.
+    Must run before TensorFlow is imported (it reads ``TF_CPP_MIN_LOG_LEVEL`` and
+    ``TF_ENABLE_ONEDNN_OPTS`` once, and its first tensors should come from the tuned
+    allocator). Errors still print. Values the user set are kept; ``verbose`` leaves
+    TensorFlow's log level as it is and prints what was chosen, one line each.
     """
+    from tfmarket.allocator import tune_malloc
+    from tfmarket.hardware import ONEDNN_ENV, choose_onednn, cpu_flags
+
+    malloc_line = tune_malloc()
+    onednn, onednn_line = choose_onednn(cpu_flags(), dict(os.environ))
+    if onednn is not None and "tensorflow" not in sys.modules:
+        os.environ[ONEDNN_ENV] = onednn
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
-        return
     if is_verbose():
+        notice(malloc_line)
+        notice(onednn_line)
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -13,6 +13,13 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 # CPU flags (as Linux names them) with native bfloat16 arithmetic: oneDNN runs bf16
 # convolutions and matmuls on them at several times the float32 rate.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# TensorFlow turns its oneDNN kernels on by itself only on x86 CPUs with one of these flags
+# (tensorflow/core/util/util.cc, IsMKLEnabled); elsewhere, e.g. on AVX2-only CPUs, it runs its
+# Eigen kernels, which trained ResNet50 at a fraction of oneDNN's speed (benchmarks/README.md,
+# "The real command on an AVX2-only CPU").
+ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
+                        "amx_bf16")
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 # Flags worth printing beside a CPU speed: bf16, AMX tiles and int8 dot products.
 REPORTED_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "amx_int8", "avx512_vnni", "avx_vnni")
 
@@ -74,3 +81,27 @@ def choose_precision(requested: str, gpu_capabilities: list[tuple[int, int]],
     if native:
         return "mixed_bfloat16", f"auto: CPU with native bfloat16 ({', '.join(native)})"
     return "float32", "auto: CPU without native bfloat16 (no avx512_bf16 or amx_bf16 flag)"
+
+
+def choose_onednn(flags: frozenset[str], environ: dict[str, str]) -> tuple[str | None, str]:
+    """Whether to turn TensorFlow's oneDNN kernels on, and why.
+
+    Args:
+        flags: frozenset[str]. The CPU's flags (:func:`cpu_flags`).
+        environ: dict[str, str]. The process environment (``os.environ``).
+
+    Returns ("1", why) where ``TF_ENABLE_ONEDNN_OPTS=1`` should be set before TensorFlow is
+    imported: an x86 CPU with AVX2 on which TensorFlow would leave oneDNN off. Otherwise
+    (None, why): the user set the variable (kept), TensorFlow turns oneDNN on by itself
+    (:data:`ONEDNN_DEFAULT_FLAGS`), or the CPU is not an x86 with AVX2 (oneDNN's x86 kernels
+    need it; Arm and older CPUs keep TensorFlow's choice).
+    """
+    if ONEDNN_ENV in environ:
+        return None, f"oneDNN: {ONEDNN_ENV}={environ[ONEDNN_ENV]} as set"
+    on_by_default = [f for f in ONEDNN_DEFAULT_FLAGS if f in flags]
+    if on_by_default:
+        return None, f"oneDNN: on (TensorFlow's default with {', '.join(on_by_default)})"
+    if "avx2" not in flags:
+        return None, "oneDNN: TensorFlow's default (no AVX2 flag)"
+    return "1", (f"oneDNN: turned on ({ONEDNN_ENV}=1; TensorFlow leaves it off on a CPU "
+                 f"without VNNI/bf16/AMX; {ONEDNN_ENV}=0 keeps Eigen's kernels)")

@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 
+from tfmarket.allocator import tune_malloc
 from tfmarket.data.domains import DEFAULT_DOMAIN, DOMAINS
 from tfmarket.errors import TfmarketError
 
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_malloc()  # image decoding churns large buffers too (tfmarket.allocator)
     try:
         return args.func(args)
     except (TfmarketError, FileExistsError) as exc:
