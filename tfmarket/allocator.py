@@ -2,10 +2,10 @@
 
 With glibc's defaults every large block (over a few MB, as most activation and gradient
 tensors are) is ``mmap``-ed and handed back to the kernel on ``free``, and the heap top is
-trimmed back, so each training step maps and zero-fills gigabytes afresh. On a 2-core AMD EPYC
-with AVX2 only, ``tfmarket.train`` on the demo config spent 170 s of system CPU against 307 s of
-user CPU (49 M minor page faults) that way; with the two settings below 13 s and 1 M, and the
-epoch ran 1.8x as fast (``benchmarks/README.md``, "Allocator").
+trimmed back, so each training step maps and zero-fills its big tensors afresh. On the demo
+config with TensorFlow's Eigen kernels (an AVX2-only CPU's path) that cost 147 s of system CPU
+against 250 s of user CPU (63 M minor page faults); with the two settings below, 11 s and 1 M,
+and the epoch ran 1.75x as fast (``benchmarks/README.md``, ``train_command.py``).
 
 :func:`tune_malloc` sets them with ``mallopt`` in the running process (before TensorFlow
 allocates its first tensor): no new dependency, no re-exec. It leaves the allocator alone when

@@ -15,8 +15,8 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # TensorFlow turns its oneDNN kernels on by itself only on x86 CPUs with one of these flags
 # (tensorflow/core/util/util.cc, IsMKLEnabled); elsewhere, e.g. on AVX2-only CPUs, it runs its
-# Eigen kernels, which trained ResNet50 at a fraction of oneDNN's speed (benchmarks/README.md,
-# "The real command on an AVX2-only CPU").
+# Eigen kernels, which trained the demo's ResNet50 at half oneDNN's speed with the tuned
+# allocator and a quarter without (benchmarks/README.md, train_command.py).
 ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
                         "amx_bf16")
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
