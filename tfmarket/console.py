@@ -29,6 +29,9 @@ HARMLESS_EXPORT_WARNINGS = (
 )
 
 
+_PREPARED: list[str] = []  # what quiet_tensorflow chose for the process, one line each
+
+
 def quiet_tensorflow(verbose: bool = False) -> None:
     """Prepares the process for TensorFlow: tunes glibc malloc
     (:func:`tfmarket.allocator.tune_malloc`), turns oneDNN on where TensorFlow would leave it off
@@ -40,18 +43,20 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     allocator). Errors still print. Values the user set are kept; ``verbose`` leaves
     TensorFlow's log level as it is and prints what was chosen, one line each.
     """
-    from tfmarket.allocator import tune_malloc
-    from tfmarket.hardware import ONEDNN_ENV, choose_onednn, cpu_flags
+    if not _PREPARED:  # once per process: a second call must not read back our own setting
+        from tfmarket.allocator import tune_malloc
+        from tfmarket.hardware import ONEDNN_ENV, choose_onednn, cpu_flags
 
-    malloc_line = tune_malloc()
-    onednn, onednn_line = choose_onednn(cpu_flags(), dict(os.environ))
-    if onednn is not None and "tensorflow" not in sys.modules:
-        os.environ[ONEDNN_ENV] = onednn
+        _PREPARED.append(tune_malloc())
+        onednn, onednn_line = choose_onednn(cpu_flags(), dict(os.environ))
+        if onednn is not None and "tensorflow" not in sys.modules:
+            os.environ[ONEDNN_ENV] = onednn
+        _PREPARED.append(onednn_line)
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
     if is_verbose():
-        notice(malloc_line)
-        notice(onednn_line)
+        for line in _PREPARED:
+            notice(line)
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
