@@ -6,7 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from tfmarket.attribute_rule import (
+from tfmarket.attributes import COLUMNS, HEADS, predicted_columns
+from tfmarket.errors import TfmarketError
+from tfmarket.retrieval.attribute_rule import (
     AttributeRule,
     class_priors,
     cross_validate,
@@ -17,8 +19,6 @@ from tfmarket.attribute_rule import (
     pick,
     save_rule,
 )
-from tfmarket.attributes import COLUMNS, HEADS, predicted_columns
-from tfmarket.errors import TfmarketError
 
 
 def _random_probs(n, seed=0):
@@ -228,7 +228,7 @@ def test_calibrate_then_rank_uses_the_rule(exported, course_synth, tmp_path, cap
 def test_rank_votes_gallery_attributes_among_the_gallery_only():
     """The course's test folder holds copies of the query images: a gallery image must not
     vote with its own copy in the queries."""
-    from tfmarket.rank import decide_attributes
+    from tfmarket.serving.ranking import decide_attributes
 
     def outputs(embeddings, backpack):
         probs = _random_probs(len(embeddings), seed=len(embeddings))

@@ -50,7 +50,7 @@ def regenerated(tmp_path_factory) -> Path:
     """The fixture runs' synthetic dataset, regenerated from their config by the code that
     trains (``load_training_data`` writes ``WORKDIR/synthetic`` when ``data.root`` is empty)."""
     from tfmarket.config import from_dict
-    from tfmarket.train import load_training_data
+    from tfmarket.training.data import load_training_data
 
     workdir = tmp_path_factory.mktemp("regenerated")
     config = from_dict(yaml.safe_load((FIXTURE / "run" / "config.yaml").read_text()))
@@ -65,7 +65,7 @@ def test_regenerated_data_is_the_data_the_fixture_was_trained_on(regenerated):
 def test_best_and_final_keras_files_load_and_compute_what_they_did():
     import keras
 
-    from tfmarket.model import load_run_model
+    from tfmarket.model.network import load_run_model
 
     expected = np.load(FIXTURE / "expected" / "keras_outputs.npz")
     images = expected["images"].astype("float32")
@@ -109,7 +109,7 @@ def test_interrupted_run_resumes_from_its_backup_with_more_epochs(tmp_path):
 
 def test_run_exports_to_onnx_that_computes_what_the_old_export_did(tmp_path, regenerated):
     from tfmarket.export import main as export_main
-    from tfmarket.export import run_onnx
+    from tfmarket.serving.export import run_onnx
 
     run = copy_run("run", tmp_path, regenerated)
     out = tmp_path / "export"

@@ -80,7 +80,7 @@ class SoftmaxLoss(keras.losses.Loss):
     y_true int [B] (or [B, 1]), -1 = unknown (zero loss); y_pred logits [B, C].
     ``class_weights`` float [C] multiplies each sample's loss by its class's weight.
     ``margin`` is subtracted from the target class's logit before the softmax: with a
-    :class:`~tfmarket.layers.CosineClassifier`'s logits s x cos it is CosFace (Wang et al.
+    :class:`~tfmarket.model.layers.CosineClassifier`'s logits s x cos it is CosFace (Wang et al.
     2018) with margin ``margin / s``; the sample must then beat the other classes by it.
     """
 

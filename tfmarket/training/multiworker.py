@@ -30,7 +30,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from tfmarket.errors import TfmarketError
-from tfmarket.resume import backup_epoch
+from tfmarket.training.resume import backup_epoch
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:

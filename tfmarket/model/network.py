@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import keras
 
 from tfmarket.attributes import HEADS
-from tfmarket.layers import (
+from tfmarket.model.layers import (
     CosineClassifier,
     FusedBatchNormalization,
     GeMPooling,
@@ -43,7 +43,7 @@ def _resnet50(input_shape, weights: str | None, last_stride: int,
 
     ``weights``: "imagenet", None, or a path to a weights file for ResNet50(include_top=False).
     ``fused_batchnorm``: its 53 BN layers train with TensorFlow's fused kernel
-    (:class:`tfmarket.layers.FusedBatchNormalization`: same weights and results, faster).
+    (:class:`tfmarket.model.layers.FusedBatchNormalization`: same weights and results, faster).
     """
     base = keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape)
     if last_stride == 2 and not fused_batchnorm:
@@ -56,7 +56,7 @@ def _resnet50(input_shape, weights: str | None, last_stride: int,
         if layer["config"]["name"] in ("conv5_block1_1_conv", "conv5_block1_0_conv"):
             layer["config"]["strides"] = (last_stride, last_stride)
         if fused_batchnorm and layer["class_name"] == "BatchNormalization":
-            layer["module"] = "tfmarket.layers"
+            layer["module"] = "tfmarket.model.layers"
             layer["registered_name"] = "tfmarket>FusedBatchNormalization"
     model = keras.Model.from_config(config)
     model.set_weights(base.get_weights())
@@ -111,7 +111,7 @@ def build_model(
     ``heads``: attribute head -> output width (1 = sigmoid), in output order
     (``AttributeSchema.head_sizes``); None = Market-1501's :data:`HEADS`, {} = re-ID only.
     ``id_head``: "linear" (BoT's bias-free classifier) or "cosine" (a
-    :class:`~tfmarket.layers.CosineClassifier`, logits ``id_scale`` x cosine).
+    :class:`~tfmarket.model.layers.CosineClassifier`, logits ``id_scale`` x cosine).
     """
     heads = HEADS if heads is None else dict(heads)
     clash = [h for h in heads if h in REID_OUTPUTS]
@@ -157,9 +157,9 @@ def load_run_model(path) -> keras.Model:
     (``python -m tfmarket.export``) has not imported them, and Keras cannot rebuild the model
     without them. Raises DataError naming the file when it does not load.
     """
-    import tfmarket.keras_metrics  # noqa: F401  (registers the custom objects for loading)
-    import tfmarket.losses  # noqa: F401
-    import tfmarket.schedules  # noqa: F401
+    import tfmarket.model.keras_metrics  # noqa: F401  (registers the custom objects for loading)
+    import tfmarket.model.losses  # noqa: F401
+    import tfmarket.model.schedules  # noqa: F401
     from tfmarket.errors import DataError
 
     try:

@@ -1,7 +1,7 @@
 """Clustering unlabelled crops into pseudo-identities (``tfmarket.adapt``). NumPy/SciPy only.
 
 * :func:`dbscan`: DBSCAN (Ester et al. 1996) on a precomputed distance, dense or a sparse radius
-  graph such as :func:`tfmarket.rerank.k_reciprocal_neighbours` returns.
+  graph such as :func:`tfmarket.retrieval.rerank.k_reciprocal_neighbours` returns.
 * :func:`eps_from_quantile`: SSG / MMT's data-driven radius, the mean of the smallest fraction
   of all pairwise distances.
 * :func:`cluster_stats`, :func:`cluster_centroids`: what a round reports, and the prototypes
@@ -104,7 +104,7 @@ def eps_from_quantile(distance_rows: Iterable[tuple[int, np.ndarray]], n: int,
 
     Args:
         distance_rows: (first row, float [c, N]) blocks covering rows 0..N-1, distances in
-            [0, 1] (as :func:`tfmarket.rerank.k_reciprocal_distance_rows` yields).
+            [0, 1] (as :func:`tfmarket.retrieval.rerank.k_reciprocal_distance_rows` yields).
         n: N.
         quantile: fraction in (0, 1].
 

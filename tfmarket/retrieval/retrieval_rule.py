@@ -12,7 +12,8 @@ to ``retrieval.json`` beside the model. In the order they are applied:
    ``max(similarity, 0) ** expansion_alpha``. Transductive in the way re-ranking is: it uses
    the other unlabelled gallery images, never labels.
 2. **Distance**: cosine distance ``1 - q . g`` in [0, 2], or with ``rerank`` the k-reciprocal
-   distance of :mod:`tfmarket.rerank` (Zhong et al. 2017) with ``k1``, ``k2``, ``lambda_value``.
+   distance of :mod:`tfmarket.retrieval.rerank` (Zhong et al. 2017) with ``k1``, ``k2``,
+   ``lambda_value``.
 3. **Attributes** (``attribute_weight`` w > 0): adds ``w x`` the mean squared Hellinger distance
    between the two images' predicted attribute distributions (in [0, 1], averaged over heads;
    a sigmoid head is the two-class distribution [1 - p, p]). Two crops the model thinks differ
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from tfmarket.errors import TfmarketError
-from tfmarket.search import cosine_topk, l2_normalize
+from tfmarket.retrieval.search import cosine_topk, l2_normalize
 
 RULE_FILE = "retrieval.json"
 _CHUNK = 1024  # rows whose weighted neighbour means are formed at a time (chunk x k x D)
@@ -92,7 +93,8 @@ def load_rule(path: str | Path) -> RetrievalRule:
 
 def nearest(rows: np.ndarray, pool: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(int64 [N, k] indices, float32 [N, k] cosine similarities) of the k nearest ``pool``
-    rows of each row, nearest first: :func:`tfmarket.search.cosine_topk` as similarities."""
+    rows of each row, nearest first: :func:`tfmarket.retrieval.search.cosine_topk` as
+    similarities."""
     index, dist = cosine_topk(rows, pool, k)
     return index, 1.0 - dist
 
@@ -185,7 +187,7 @@ def distances(query_out: Mapping[str, np.ndarray], gallery_out: Mapping[str, np.
     q, g = expand(query_out["embedding"], gallery_out["embedding"], rule.expansion_k,
                   rule.expansion_alpha)
     if rule.rerank:
-        from tfmarket.rerank import k_reciprocal_rerank
+        from tfmarket.retrieval.rerank import k_reciprocal_rerank
 
         dist = k_reciprocal_rerank(q, g, k1=rule.k1, k2=rule.k2, lambda_value=rule.lambda_value)
     else:
@@ -240,7 +242,7 @@ def choose_rule(query_out: Mapping[str, np.ndarray], gallery_out: Mapping[str, n
     Returns:
         (best rule, one row per scored rule: its settings, mAP, rank1, rank5, mINP).
     """
-    from tfmarket.metrics import evaluate_ranking
+    from tfmarket.retrieval.metrics import evaluate_ranking
 
     if 0.0 not in attribute_weight_grid or (0, 3.0) not in [tuple(e) for e in expansion_grid]:
         raise TfmarketError("the grids must include attribute weight 0 and expansion (0, 3) "
@@ -277,7 +279,7 @@ def choose_rule(query_out: Mapping[str, np.ndarray], gallery_out: Mapping[str, n
     top = best(rows)
     expansions = {RetrievalRule(), RetrievalRule(expansion_k=top["expansion_k"],
                                                 expansion_alpha=top["expansion_alpha"])}
-    from tfmarket.rerank import k_reciprocal_rerank
+    from tfmarket.retrieval.rerank import k_reciprocal_rerank
 
     for base in sorted(expansions, key=lambda r: r.expansion_k):
         q, g = cosine_bases[base]

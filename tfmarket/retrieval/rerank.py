@@ -11,7 +11,7 @@ Two implementations of the same algorithm:
   are scipy CSR matrices, and Jaccard distances are computed only for the query rows.
 * :func:`k_reciprocal_neighbours`: the same distances among one set of samples (every sample
   is both query and gallery), kept only where they are small: the sparse radius graph that
-  ``tfmarket.cluster.dbscan`` clusters (``tfmarket.adapt``'s pseudo-labels).
+  ``tfmarket.retrieval.cluster.dbscan`` clusters (``tfmarket.adapt``'s pseudo-labels).
 
 Distance definition (identical in both, so they agree to float32 rounding):
 
@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from tfmarket.search import topk_from_distances
+from tfmarket.retrieval.search import topk_from_distances
 
 # Pairs whose dot products are gathered at once when weighting the encodings.
 _PAIR_BATCH = 8192

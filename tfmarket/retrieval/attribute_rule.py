@@ -22,7 +22,7 @@ seconds), not for millions (use the plain rule there).
 Every function takes the model's attribute schema (``schema``, default Market-1501's
 :data:`tfmarket.attributes.MARKET`): its heads and the columns decisions are written in.
 
-Plain NumPy (plus :func:`tfmarket.search.cosine_topk`); no TensorFlow.
+Plain NumPy (plus :func:`tfmarket.retrieval.search.cosine_topk`); no TensorFlow.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def nearest_neighbours(embeddings: np.ndarray, k: int,
                        rows: np.ndarray | None = None) -> np.ndarray:
     """int [R, min(k, N)]: the k nearest rows of ``embeddings`` [N, D] (cosine distance) to
     each of ``rows`` (default: all N rows), the row itself first."""
-    from tfmarket.search import cosine_topk, l2_normalize
+    from tfmarket.retrieval.search import cosine_topk, l2_normalize
 
     emb = l2_normalize(embeddings)
     rows = np.arange(len(emb)) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -188,7 +188,7 @@ def evaluate_rules(probs: Mapping[str, np.ndarray], embeddings: np.ndarray,
     Returns:
         [{"neighbours", "prior_weight", "mA", "mean_accuracy"}], grid order.
     """
-    from tfmarket.metrics import attribute_metrics
+    from tfmarket.retrieval.attribute_metrics import attribute_metrics
 
     nearest = nearest_neighbours(embeddings, max(neighbours_grid))
     rows = []
@@ -223,7 +223,7 @@ def cross_validate(probs: Mapping[str, np.ndarray], embeddings: np.ndarray,
         {"plain": {mA, mean_accuracy}, "chosen": {...}} averaged over the 2 x repeats held-out
         halves, and the per-fold choices under "folds".
     """
-    from tfmarket.metrics import attribute_metrics
+    from tfmarket.retrieval.attribute_metrics import attribute_metrics
 
     pids = np.asarray(pids)
     ids = np.unique(pids)

@@ -1,6 +1,6 @@
 """Validation during training: embed a query/gallery pair, score re-ID and attributes.
 
-Uses the same NumPy metrics (``tfmarket.metrics``) as ``python -m tfmarket.rank``.
+Uses the same NumPy metrics (``tfmarket.retrieval.metrics``) as ``python -m tfmarket.rank``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import keras
 import numpy as np
 
 from tfmarket.attributes import AttributeSchema
-from tfmarket.data.market1501 import Records
-from tfmarket.model import REID_OUTPUTS
+from tfmarket.data.records import Records
+from tfmarket.model.network import REID_OUTPUTS
 
 
 def _sigmoid(x):
@@ -89,7 +89,8 @@ def score(query_out: dict, gallery_out: dict, query: Records, gallery: Records,
     ``schema``: the model's attribute schema (default: the records'); attributes are scored
     only when it is the records' schema and the outputs hold its heads.
     """
-    from tfmarket.metrics import attribute_metrics, evaluate_from_features
+    from tfmarket.retrieval.attribute_metrics import attribute_metrics
+    from tfmarket.retrieval.metrics import evaluate_from_features
 
     result = evaluate_from_features(
         query_out["embedding"], gallery_out["embedding"],

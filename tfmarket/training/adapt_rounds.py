@@ -1,6 +1,7 @@
 """The rounds of ``python -m tfmarket.adapt`` (TensorFlow): embed and cluster the crops,
 fine-tune on labelled and pseudo-labelled identities, save and log each round, resume an
-interrupted run. ``run`` takes the :class:`tfmarket.adapt_plan.Plan` that ``prepare`` checked.
+interrupted run. ``run`` takes the :class:`tfmarket.training.adapt_plan.Plan` that ``prepare``
+checked.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
-from tfmarket.adapt_plan import DONE_MARKER, STATE_DIR, STATE_FILE, Plan
 from tfmarket.errors import ConfigError, DataError, TfmarketError
+from tfmarket.training.adapt_plan import DONE_MARKER, STATE_DIR, STATE_FILE, Plan
 
 
 @dataclass(frozen=True)
@@ -31,14 +32,14 @@ class Batches:
 
 
 def run(plan: Plan) -> dict:
-    """Adapts per ``plan`` (from :func:`tfmarket.adapt_plan.prepare`) into ``plan.workdir``;
-    returns what it writes to metrics.json."""
+    """Adapts per ``plan`` (from :func:`tfmarket.training.adapt_plan.prepare`) into
+    ``plan.workdir``; returns what it writes to metrics.json."""
     if plan.complete:
         return {"status": "already complete"}
     import keras
 
-    from tfmarket.distribute import choose_strategy, resolve_precision
-    from tfmarket.multiworker import is_multi_worker
+    from tfmarket.training.distribute import choose_strategy, resolve_precision
+    from tfmarket.training.multiworker import is_multi_worker
 
     strategy = choose_strategy(0)
     if is_multi_worker(strategy):
@@ -115,7 +116,7 @@ class _Adaptation:
 
     def run(self) -> dict:
         from tfmarket.config import save_config
-        from tfmarket.train import save_schema
+        from tfmarket.training.rundir import save_schema
 
         plan, a = self.plan, self.a
         self._announce()
@@ -178,7 +179,7 @@ class _Adaptation:
 
     def _load_model(self, round_model: str | None):
         """The model to continue from: the last finished round's, else the source run's."""
-        from tfmarket.model import load_run_model
+        from tfmarket.model.network import load_run_model
 
         path = self.workdir / round_model if round_model else self.plan.source_model
         model = load_run_model(path)
@@ -200,10 +201,10 @@ class _Adaptation:
         """
         import keras
 
-        from tfmarket.keras_metrics import KnownAccuracy
-        from tfmarket.layers import ClusterPrototypes
-        from tfmarket.losses import SoftmaxLoss
-        from tfmarket.train import (
+        from tfmarket.model.keras_metrics import KnownAccuracy
+        from tfmarket.model.layers import ClusterPrototypes
+        from tfmarket.model.losses import SoftmaxLoss
+        from tfmarket.training.build import (
             build_losses,
             build_metrics,
             build_optimizer,
@@ -251,15 +252,15 @@ class _Adaptation:
         """
         import time
 
-        from tfmarket.cluster import (
+        from tfmarket.retrieval.cluster import (
             cluster_centroids,
             cluster_stats,
             dbscan,
             drop_large_clusters,
             eps_from_quantile,
         )
-        from tfmarket.evaluation import predict_records
-        from tfmarket.rerank import k_reciprocal_distance_rows, k_reciprocal_neighbours
+        from tfmarket.retrieval.rerank import k_reciprocal_distance_rows, k_reciprocal_neighbours
+        from tfmarket.training.evaluation import predict_records
 
         a, crops = self.a, self.plan.crops
         emb = predict_records(model, SimpleNamespace(paths=crops), self.config.data.height,
@@ -334,9 +335,10 @@ class _Adaptation:
 
     def _train_round(self, previous, r: int, clusters: dict):
         """Fine-tunes round ``r``; returns (model, the round's record)."""
-        from tfmarket.callbacks import EpochProgress, Throughput
-        from tfmarket.resume import backup_epoch, best_logged_map
-        from tfmarket.train import RunPaths, _callbacks, _fit, _validation_callback
+        from tfmarket.training.callbacks import EpochProgress, Throughput
+        from tfmarket.training.fit import build_callbacks, fit_model, validation_callback
+        from tfmarket.training.resume import backup_epoch, best_logged_map
+        from tfmarket.training.rundir import RunPaths
 
         a, data_cfg = self.a, self.config.data
         stats = clusters["stats"]
@@ -357,16 +359,16 @@ class _Adaptation:
         inputs = self.strategy.distribute_datasets_from_function(dataset_fn)
         base, model = self._round_model(previous, clusters)
         throughput = Throughput(batches.global_batch)
-        validation = _validation_callback(self.plan.data, data_cfg.height, data_cfg.width,
-                                          a.epochs_per_round, self.workdir / "tensorboard")
-        callbacks = _callbacks(paths, throughput, validation,
-                               best_logged_map(self.workdir / "history.csv"), 0,
-                               best_model=base)
+        validation = validation_callback(self.plan.data, data_cfg.height, data_cfg.width,
+                                         a.epochs_per_round, self.workdir / "tensorboard")
+        callbacks = build_callbacks(paths, throughput, validation,
+                                    best_logged_map(self.workdir / "history.csv"), 0,
+                                    best_model=base)
         callbacks = [EpochProgress(batches.global_batch, prefix=f"round {r}/{a.rounds} ",
                                    epoch_offset=first_epoch)
                      if isinstance(c, EpochProgress) else c for c in callbacks]
-        fit = _fit(model, inputs, callbacks, first_epoch + a.epochs_per_round,
-                   a.steps_per_epoch, lost_worker_backup=None, initial_epoch=first_epoch)
+        fit = fit_model(model, inputs, callbacks, first_epoch + a.epochs_per_round,
+                        a.steps_per_epoch, lost_worker_backup=None, initial_epoch=first_epoch)
         steps = a.epochs_per_round * a.steps_per_epoch
         per_id = batches.images_per_id * batches.replicas
         record = {
@@ -402,8 +404,9 @@ class _Adaptation:
         import numpy as np
         import tensorflow as tf
 
-        from tfmarket.data.market1501 import Records
-        from tfmarket.train import TrainingData, _make_dataset_fn
+        from tfmarket.data.records import Records
+        from tfmarket.training.data import TrainingData
+        from tfmarket.training.fit import make_dataset_fn
 
         data, data_cfg = self.plan.data, self.config.data
         keep = np.flatnonzero(labels >= 0)
@@ -419,12 +422,12 @@ class _Adaptation:
             val_query=data.val_query, val_gallery=data.val_gallery, schema=data.schema)
         streams = []
         if batches.labelled_ids:
-            streams.append(_make_dataset_fn(
+            streams.append(make_dataset_fn(
                 data, replace(data_cfg, ids_per_batch=batches.labelled_ids),
                 first_step=labelled_step))
         # Its own seed per round: the clusters change, and the labelled stream's augmentation
         # draws should not repeat on the cluster images.
-        streams.append(_make_dataset_fn(
+        streams.append(make_dataset_fn(
             pseudo, replace(data_cfg, ids_per_batch=batches.cluster_ids,
                             seed=data_cfg.seed + 7919 * r), first_step=cluster_step))
 
@@ -466,7 +469,7 @@ class _Adaptation:
     def _validate(self, model, what: str) -> dict | None:
         """Validation metrics of ``model`` on the source run's validation split (None without
         one)."""
-        from tfmarket.evaluation import predict_records, score
+        from tfmarket.training.evaluation import predict_records, score
 
         data, h, w = self.plan.data, self.config.data.height, self.config.data.width
         if len(data.val_query) == 0:
@@ -515,8 +518,8 @@ class _Adaptation:
         self._writer.flush()
 
     def _metrics(self, model, state: dict) -> dict:
-        from tfmarket.resume import best_logged_map
-        from tfmarket.train import weights_digest
+        from tfmarket.training.fit import weights_digest
+        from tfmarket.training.resume import best_logged_map
 
         plan, rounds = self.plan, state["rounds"]
         total = sum(r["images_seen"] for r in rounds)

@@ -14,7 +14,7 @@ from tfmarket.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # annotations only: at run time these would load Keras on --help
     from tfmarket.config import Config
-    from tfmarket.train import TrainingData
+    from tfmarket.training.data import TrainingData
 
 DONE_MARKER = "metrics.json"
 STATE_DIR = "adapt"
@@ -59,7 +59,7 @@ def prepare(source: str | Path, crops: list[str | Path], workdir: str | Path,
     Raises:
         TfmarketError (DataError / ConfigError): one line saying what is wrong.
     """
-    from tfmarket.train import load_training_data
+    from tfmarket.training.data import load_training_data
 
     workdir = Path(workdir)
     source_dir, model_path, model_note, source_config = _read_source(Path(source))
@@ -101,7 +101,7 @@ def _read_source(source: Path):
     import yaml
 
     from tfmarket.config import from_dict
-    from tfmarket.export import _source_model
+    from tfmarket.training.rundir import source_model
 
     if not source.is_dir():
         raise DataError(f"{source}: source run directory not found")
@@ -111,7 +111,7 @@ def _read_source(source: Path):
         config = from_dict(yaml.safe_load((source / "config.yaml").read_text()) or {})
     except yaml.YAMLError as exc:
         raise DataError(f"{source / 'config.yaml'}: not valid YAML ({exc})") from None
-    model_path, note = _source_model(source, "best", config.data.validation)
+    model_path, note = source_model(source, "best", config.data.validation)
     return source.resolve(), model_path.resolve(), note, config
 
 
@@ -204,7 +204,7 @@ def list_crops(folders: list[str | Path]) -> tuple[list[Path], list[str]]:
 def _dataset_eval_images(data_cfg) -> set[str]:
     """Resolved paths of the source dataset's own query and gallery (test) images."""
     from tfmarket.config import dataset_name
-    from tfmarket.data.market1501 import load_dataset
+    from tfmarket.data.registry import load_dataset
 
     dataset = load_dataset(data_cfg.root, dataset_name(data_cfg))
     return {str(Path(p).resolve()) for p in dataset.query.paths + dataset.gallery.paths}

@@ -89,7 +89,7 @@ class CosineClassifier(keras.layers.Layer):
 
     The normalised classifier of NormFace / CosFace / ArcFace: logits depend only on the angle
     between the feature and each class weight, so a margin on the target's cosine
-    (``tfmarket.losses.SoftmaxLoss(margin=)``) shapes the embedding's angles directly.
+    (``tfmarket.model.losses.SoftmaxLoss(margin=)``) shapes the embedding's angles directly.
 
     Input float [B, D] (any norm); output float32 [B, units] logits, ``scale`` x cos.
     """

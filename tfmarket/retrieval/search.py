@@ -133,7 +133,7 @@ def _import_faiss():
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "faiss is not installed; install faiss-cpu (pip install faiss-cpu) or use "
-            "tfmarket.search.cosine_topk for exact search"
+            "tfmarket.retrieval.search.cosine_topk for exact search"
         ) from exc
     return faiss
 
