@@ -178,8 +178,7 @@ def test_calibrate_writes_the_retrieval_rule_and_rank_applies_it(exported, cours
              **{h: emb[f"query_prob_{h}"] for h in MARKET_HEADS}}
     g_out = {"embedding": emb["gallery_embedding"],
              **{h: emb[f"gallery_prob_{h}"] for h in MARKET_HEADS}}
-    query, gallery, _ = load_inputs(type("A", (), {"data": str(course_synth), "query": None,
-                                                   "gallery": None})())
+    query, gallery, _ = load_inputs(data=str(course_synth))
     expected = evaluate_ranking(distances(q_out, g_out, rule, MARKET_HEADS), query.pids,
                                 gallery.pids, query.cams, gallery.cams)
     assert summary["metrics"]["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)

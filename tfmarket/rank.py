@@ -89,7 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     from tfmarket.serving.ranking import rank
 
     try:
-        summary = rank(args)
+        summary = rank(
+            args.model, args.out, data=args.data, dataset=args.dataset, query=args.query,
+            gallery=args.gallery, topk=args.topk, retrieval=args.retrieval, rerank=args.rerank,
+            k1=args.k1, k2=args.k2, lambda_value=args.lambda_value, search=args.search,
+            flip_test=args.flip_test, attribute_rule=args.attribute_rule,
+            batch_size=args.batch_size, threads=args.threads, visualize=args.visualize)
     except TfmarketError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

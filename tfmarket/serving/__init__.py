@@ -1,6 +1,8 @@
 """Using a trained model: export it, run the exported model, and turn its outputs into files.
 
 * ``export``: a run -> SavedModel + ONNX (+ int8) with a model card and a parity check.
+* ``predictor``: the Python API (``tfmarket.load``): an export with its card and rules,
+  ``predict`` and ``search``; ``rank`` runs through it.
 * ``embed``: the onnxruntime embedder (the shared preprocessing, flip test).
 * ``quantize``: int8 ONNX (static QDQ and dynamic).
 * ``ranking``: ``rank``'s whole job (inputs, ranking, files, metrics, report).

@@ -65,107 +65,116 @@ def _attach_truth(root: Path, records, split: str):
     return records
 
 
-def load_inputs(args):
-    """-> (query Records, gallery Records, description)."""
+def load_inputs(data: str | None = None, dataset: str = "auto", query: str | None = None,
+                gallery: str | None = None):
+    """The records to rank: a dataset's query and gallery (``data``, any dataset
+    :func:`tfmarket.data.registry.load_dataset` reads; ``dataset`` forces one), or two folders.
+
+    Returns:
+        (query Records, gallery Records, one line saying where they come from).
+    """
     from tfmarket.data.registry import load_dataset
 
-    if args.data and (args.query or args.gallery):
+    if data and (query or gallery):
         raise TfmarketError("give either --data or --query/--gallery, not both")
-    if args.data:
-        dataset = load_dataset(args.data, getattr(args, "dataset", None) or "auto")
-        query, gallery = dataset.query, dataset.gallery
-        if dataset.layout == "course":
-            query = _attach_truth(dataset.root, query, "queries")
-            gallery = _attach_truth(dataset.root, gallery, "test")
-        if len(query) == 0:
-            raise DataError(f"{args.data}: no query images")
-        return query, gallery, f"{dataset.layout} layout at {dataset.root}"
-    if not (args.query and args.gallery):
+    if data:
+        found = load_dataset(data, dataset or "auto")
+        q, g = found.query, found.gallery
+        if found.layout == "course":
+            q = _attach_truth(found.root, q, "queries")
+            g = _attach_truth(found.root, g, "test")
+        if len(q) == 0:
+            raise DataError(f"{data}: no query images")
+        return q, g, f"{found.layout} layout at {found.root}"
+    if not (query and gallery):
         raise TfmarketError("give --data ROOT, or both --query DIR and --gallery DIR")
-    return _folder_records(args.query), _folder_records(args.gallery), "folders"
+    return _folder_records(query), _folder_records(gallery), "folders"
 
 
-def rank(args) -> dict:
+def rank(model: str | Path, out: str | Path, *, data: str | None = None, dataset: str = "auto",
+         query: str | None = None, gallery: str | None = None, topk: int = 100,
+         retrieval: str | None = None, rerank: bool = False, k1: int | None = None,
+         k2: int | None = None, lambda_value: float | None = None, search: str = "exact",
+         flip_test: bool = False, attribute_rule: str | None = None, batch_size: int = 64,
+         threads: int = 0, visualize: int = 0) -> dict:
+    """Ranks the gallery for each query with the exported ``model`` (an .onnx file) and writes
+    ``rank``'s files into ``out``; returns the summary (``summary.json`` plus the timings).
+
+    Every step goes through :class:`tfmarket.serving.predictor.ExportedModel`, the Python API:
+    the same preprocessing, flip test, attribute rule and retrieval rule. The arguments are
+    ``python -m tfmarket.rank``'s flags (see that command).
+    """
     from tfmarket.data.check import require_readable
-    from tfmarket.serving.embed import OnnxEmbedder
+    from tfmarket.serving.predictor import (
+        ExportedModel,
+        resolve_attribute_rule,
+        resolve_retrieval_rule,
+    )
     from tfmarket.serving.submission import write_classification, write_reid
 
-    out = Path(args.out)
-    query, gallery, source = load_inputs(args)
-    require_readable(query.paths + gallery.paths)
-    rule, rule_file = attribute_rule(args.attribute_rule, Path(args.model))
-    retrieval, retrieval_file = retrieval_rule(args, Path(args.model))
-    embedder = OnnxEmbedder(args.model, threads=args.threads, flip_test=args.flip_test)
-    schema = embedder.schema  # the model's attribute heads (its card's schema)
+    out = Path(out)
+    query_records, gallery_records, source = load_inputs(data, dataset, query, gallery)
+    require_readable(query_records.paths + gallery_records.paths)
+    rule, rule_file = resolve_attribute_rule(attribute_rule, Path(model))
+    retrieval_rule, retrieval_file = resolve_retrieval_rule(
+        retrieval, Path(model), rerank=rerank, k1=k1, k2=k2, lambda_value=lambda_value)
+    if retrieval_rule.needs_distances and search != "exact":
+        # Re-ranking and the attribute distance need the whole matrix; expansion alone works
+        # with an index too.
+        raise TfmarketError(
+            f"--search {search} ranks embeddings with an index, but the retrieval rule "
+            f"({retrieval_rule.describe()}{f', from {retrieval_file}' if retrieval_file else ''})"
+            " needs the full distance matrix; use --search exact, or --retrieval plain")
+    predictor = ExportedModel(model, flip_test=flip_test, threads=threads, attribute_rule=rule,
+                              retrieval=retrieval_rule)
+    schema = predictor.schema  # the model's attribute heads (its card's schema)
     heads = schema.head_sizes
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.time()
-    q_out = embedder.embed_files(query.paths, args.batch_size, f"embedding {len(query)} queries")
-    g_out = embedder.embed_files(gallery.paths, args.batch_size,
-                                 f"embedding {len(gallery)} gallery images")
+    q_pred = predictor.predict(query_records.paths, batch_size=batch_size,
+                               progress=f"embedding {len(query_records)} queries",
+                               check_files=False)
+    g_pred = predictor.predict(gallery_records.paths, batch_size=batch_size,
+                               progress=f"embedding {len(gallery_records)} gallery images",
+                               check_files=False)
     embed_seconds = time.time() - start
-    topk = min(args.topk, len(gallery))
+    topk = min(topk, len(gallery_records))
 
     start = time.time()
-    distmat = None
-    search_device = "cpu"
-    q_ranked, g_ranked = q_out, g_out
-    if retrieval.needs_distances:
-        from tfmarket.retrieval.retrieval_rule import distances
-        from tfmarket.retrieval.search import topk_from_distances
-
-        distmat = distances(q_out, g_out, retrieval, heads)
-        indices, _ = topk_from_distances(distmat, topk)
-    else:
-        from tfmarket.retrieval.retrieval_rule import expand
-
-        q_emb, g_emb = expand(q_out["embedding"], g_out["embedding"], retrieval.expansion_k,
-                              retrieval.expansion_alpha)
-        if args.search == "exact":
-            from tfmarket.retrieval.search import cosine_topk
-
-            indices, _ = cosine_topk(q_emb, g_emb, topk)
-        else:
-            from tfmarket.retrieval.search import build_faiss_index, faiss_topk, on_available_gpus
-
-            index = build_faiss_index(g_emb, kind=args.search.split("-", 1)[1])
-            index, search_device = on_available_gpus(index)
-            indices, _ = faiss_topk(index, q_emb, topk)
-        # Evaluation scores what was ranked: the expanded embeddings.
-        q_ranked, g_ranked = {"embedding": q_emb}, {"embedding": g_emb}
+    ranking = predictor.rank(q_pred, g_pred, topk, search=search)
     rank_seconds = time.time() - start
 
-    q_names = [Path(p).name for p in query.paths]
-    g_names = [Path(p).name for p in gallery.paths]
-    write_reid(out / "reid_test.txt", q_names, g_names, indices)
+    q_names, g_names = q_pred.names, g_pred.names
+    write_reid(out / "reid_test.txt", q_names, g_names, ranking.indices)
     files = ["reid_test.txt"]
+    q_columns = predictor.decide(q_pred, among=g_pred)
+    g_columns = g_pred.columns
     if schema.heads:
-        q_columns, g_columns = decide_attributes(q_out, g_out, rule, schema)
         write_classification(out / "classification_test.csv", g_names, g_columns, schema)
         files.append("classification_test.csv")
-    else:
-        q_columns = np.ones((len(query), 0), np.int64)
-        g_columns = np.ones((len(gallery), 0), np.int64)
+    q_out, g_out = q_pred.outputs, g_pred.outputs
     save_npz(
         out / "embeddings.npz", compressed=True,
-        query_files=np.array(query.paths), gallery_files=np.array(gallery.paths),
+        query_files=np.array(query_records.paths), gallery_files=np.array(gallery_records.paths),
         query_embedding=q_out["embedding"], gallery_embedding=g_out["embedding"],
         query_attributes=q_columns, gallery_attributes=g_columns,
         **{f"query_prob_{h}": q_out[h] for h in heads},
         **{f"gallery_prob_{h}": g_out[h] for h in heads},
     )
     summary = {
-        "source": source, "model": str(args.model), "providers": embedder.providers,
-        "queries": len(query), "gallery": len(gallery), "topk": topk,
-        "retrieval": retrieval.describe() + (f" ({retrieval_file})" if retrieval_file else ""),
-        "rerank": retrieval.rerank,
-        "search": "distance matrix" if retrieval.needs_distances else args.search,
-        "search_device": search_device, "flip_test": bool(args.flip_test),
+        "source": source, "model": str(model), "providers": predictor.providers,
+        "queries": len(query_records), "gallery": len(gallery_records), "topk": topk,
+        "retrieval": retrieval_rule.describe()
+        + (f" ({retrieval_file})" if retrieval_file else ""),
+        "rerank": retrieval_rule.rerank,
+        "search": "distance matrix" if retrieval_rule.needs_distances else search,
+        "search_device": ranking.search_device, "flip_test": bool(flip_test),
         "attribute_rule": rule.describe() + (f" ({rule_file})" if rule_file else ""),
         "attribute_schema": schema.name,
         "embed_seconds": round(embed_seconds, 2),
-        "images_per_second": round((len(query) + len(gallery)) / max(embed_seconds, 1e-9), 1),
+        "images_per_second": round((len(query_records) + len(gallery_records))
+                                   / max(embed_seconds, 1e-9), 1),
         "rank_seconds": round(rank_seconds, 2),
         "files": [*files, "embeddings.npz"],
     }
@@ -173,9 +182,9 @@ def rank(args) -> dict:
         summary["classification"] = ("no classification_test.csv: the model has no attribute "
                                      "heads (attribute schema 'none', re-ID only)")
     metrics = None
-    if query.labelled and gallery.labelled:
-        metrics = evaluate(query, gallery, q_ranked, g_ranked, q_columns, g_columns, distmat,
-                           schema)
+    if query_records.labelled and gallery_records.labelled:
+        metrics = evaluate(query_records, gallery_records, ranking.query, ranking.gallery,
+                           q_columns, g_columns, ranking.distmat, schema)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         summary["files"].append("metrics.json")
         summary["metrics"] = {k: metrics["reid"][k] for k in
@@ -185,81 +194,15 @@ def rank(args) -> dict:
                                       attr_accuracy=metrics["attributes"]["mean_accuracy"])
         if "attributes_not_scored" in metrics:
             summary["attributes_not_scored"] = metrics["attributes_not_scored"]
-    if args.visualize:
-        summary["visualization"] = visualize(out, query, gallery, indices, q_columns, metrics,
-                                             args.visualize, schema)
+    if visualize:
+        summary["visualization"] = write_report(out, query_records, gallery_records,
+                                                ranking.indices, q_columns, metrics, visualize,
+                                                schema)
     summary["files"].append("summary.json")
     # Without the timings, so the same model and data give byte-identical files.
     (out / "summary.json").write_text(json.dumps(
         {k: v for k, v in summary.items() if k not in TIMING_KEYS}, indent=2, default=float))
     return summary
-
-
-def attribute_rule(choice: str | None, model: Path):
-    """-> (AttributeRule, the file it came from or None) for ``--attribute-rule``."""
-    from tfmarket.retrieval.attribute_rule import RULE_FILE, AttributeRule, load_rule
-
-    if choice == "plain":
-        return AttributeRule(), None
-    path = Path(choice) if choice else model.parent / RULE_FILE
-    if choice is None and not path.is_file():
-        return AttributeRule(), None
-    return load_rule(path), path
-
-
-def retrieval_rule(args, model: Path):
-    """-> (RetrievalRule, the file it came from or None) for ``--retrieval`` / ``--rerank``.
-
-    The rule needs the full distance matrix when it re-ranks or adds attribute distances, so
-    it refuses a faiss ``--search`` (expansion alone works with either).
-    """
-    from dataclasses import replace
-
-    from tfmarket.retrieval.retrieval_rule import RULE_FILE, RetrievalRule, load_rule
-
-    choice = args.retrieval
-    path = None if choice == "plain" else Path(choice) if choice else model.parent / RULE_FILE
-    if path is not None and choice is None and not path.is_file():
-        path = None
-    rule = load_rule(path) if path is not None else RetrievalRule()
-    if args.rerank or any(v is not None for v in (args.k1, args.k2, args.lambda_value)):
-        rule = replace(rule, rerank=rule.rerank or args.rerank,
-                       k1=args.k1 if args.k1 is not None else rule.k1,
-                       k2=args.k2 if args.k2 is not None else rule.k2,
-                       lambda_value=(args.lambda_value if args.lambda_value is not None
-                                     else rule.lambda_value))
-    if rule.needs_distances and args.search != "exact":
-        raise TfmarketError(
-            f"--search {args.search} ranks embeddings with an index, but the retrieval rule "
-            f"({rule.describe()}{f', from {path}' if path else ''}) needs the full distance "
-            "matrix; use --search exact, or --retrieval plain")
-    return rule, path
-
-
-def decide_attributes(q_out: dict, g_out: dict, rule,
-                      schema=None) -> tuple[np.ndarray, np.ndarray]:
-    """Query and gallery attribute columns (int [Nq, C], [Ng, C]; C = 27 for Market-1501) of
-    the model's attribute ``schema`` (default Market-1501's).
-
-    Gallery images vote among the gallery (the course's test folder also holds every query
-    image, so a query + gallery pool would count those images twice); queries vote among the
-    queries and the gallery together.
-    """
-    from tfmarket.attributes import MARKET
-    from tfmarket.retrieval.attribute_rule import decide, nearest_neighbours
-
-    schema = MARKET if schema is None else schema
-    heads = schema.head_sizes
-    q_probs = {h: q_out[h] for h in heads}
-    g_probs = {h: g_out[h] for h in heads}
-    if rule.neighbours == 1:
-        return decide(q_probs, rule, schema=schema), decide(g_probs, rule, schema=schema)
-    pool_probs = {h: np.concatenate([q_probs[h], g_probs[h]]) for h in heads}
-    pool = np.concatenate([q_out["embedding"], g_out["embedding"]])
-    # Only the queries' rows of the query + gallery search: the gallery's come from its own.
-    q_near = nearest_neighbours(pool, rule.neighbours, rows=np.arange(len(q_out["embedding"])))
-    g_near = nearest_neighbours(g_out["embedding"], rule.neighbours)
-    return decide(pool_probs, rule, q_near, schema), decide(g_probs, rule, g_near, schema)
 
 
 def evaluate(query, gallery, q_out, g_out, q_columns, g_columns, distmat, schema) -> dict:
@@ -316,8 +259,10 @@ def _market_text(row) -> str:
     return ", ".join(words)
 
 
-def visualize(out, query, gallery, indices, q_columns, metrics, count: int,
-              schema=None) -> dict:
+def write_report(out, query, gallery, indices, q_columns, metrics, count: int,
+                 schema=None) -> dict:
+    """``rank --visualize``: the HTML report of ``count`` queries' ranked lists (and the CMC
+    plot when the labels are known)."""
     from tfmarket.retrieval.metrics import same_camera
     from tfmarket.serving.report import write_ranking_report
 
