@@ -1,4 +1,4 @@
-"""Market-1501 ranking evaluation: tfmarket.metrics vs torchreid's ``evaluate_rank``.
+"""Market-1501 ranking evaluation: tfmarket.retrieval.metrics vs torchreid's ``evaluate_rank``.
 
     .venv/bin/python benchmarks/evaluate.py [--queries 3368] [--gallery 15913] [--repeats 3]
         [--junk 0] [--no-torchreid] [--rank-cy-pyx PATH] [--json out.json]
@@ -7,7 +7,7 @@
 What it measures: seconds and peak memory of one Market-1501 evaluation (CMC ranks 1-50 and
 mAP) of a query x gallery distance matrix, by
 
-* ``tfmarket``: :func:`tfmarket.metrics.evaluate_ranking` (NumPy, queries in chunks of
+* ``tfmarket``: :func:`tfmarket.retrieval.metrics.evaluate_ranking` (NumPy, queries in chunks of
   ``--chunk-size``, default 256), the function that takes a distance matrix;
 * ``torchreid Python``: ``evaluate_rank(..., use_metric_cuhk03=False, use_cython=False)`` of
   torchreid (``eval_market1501``: a full ``np.argsort`` of the matrix, then a Python loop over
@@ -40,11 +40,11 @@ gallery (19,732 - 3,819) has none, so by default (``--junk 0``) neither has any 
 get the very same arrays (float32 [Q, G] distances, int64 identities and cameras). The only
 "junk" the Market protocol then handles per query is the same-identity same-camera entries,
 which both remove. ``--junk N`` (e.g. 3,819) appends N identity -1 images in random cameras,
-close-ish to every query (~ N(0.8, 0.15)): tfmarket gets the Q x (G + N) matrix and drops
-them itself (:mod:`tfmarket.metrics` removes gallery identity -1 for every query); torchreid's
-protocol only ignores same-identity same-camera entries and would count them as negatives,
-so its rows get the Q x G matrix without those columns, which is what its loader hands it.
-Then the results must still agree, and the tfmarket row does 1 + N/G times the work.
+close-ish to every query (~ N(0.8, 0.15)): tfmarket gets the Q x (G + N) matrix and drops them
+itself (:mod:`tfmarket.retrieval.metrics` removes gallery identity -1 for every query); torchreid's
+protocol only ignores same-identity same-camera entries and would count them as negatives, so its
+rows get the Q x G matrix without those columns, which is what its loader hands it. Then the results
+must still agree, and the tfmarket row does 1 + N/G times the work.
 
 torchreid: from the ``torchreid`` package (``pip install --no-deps torchreid==0.2.5``, whose
 module is ``torchreid/reid/metrics/rank.py``; older deep-person-reid checkouts have
@@ -468,7 +468,7 @@ class PeakMemory:
 def implementation(impl: str, rank_cy_path: str | None = None):
     """A callable (distmat, q_pids, g_pids, q_cams, g_cams, max_rank) -> (mAP, cmc [max_rank])."""
     if impl == "tfmarket":
-        from tfmarket.metrics import DEFAULT_CHUNK, evaluate_ranking
+        from tfmarket.retrieval.metrics import DEFAULT_CHUNK, evaluate_ranking
 
         def run(d, qp, gp, qc, gc_, max_rank, chunk_size=0):
             res = evaluate_ranking(d, qp, gp, qc, gc_, max_rank=max_rank,

@@ -13,13 +13,15 @@ batch 1 and 64 (``--batches``). Rows:
 
 * ``ort-fp32``: onnxruntime (CPU provider) on ``model.onnx``: the reference of the ratio column.
 * ``ort-int8-dynamic``: ``onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)`` of it
-  (``tfmarket.quantize.quantize_dynamic_int8``; what ``export --int8`` wrote until 2026-12-03).
+  (``tfmarket.serving.quantize.quantize_dynamic_int8``; what ``export --int8`` wrote until
+  2026-12-03).
 * ``ort-int8-static``: QDQ, per-channel, calibrated on ``--calibration-images`` (200) real
-  training crops, by ``tfmarket.quantize.quantize_static_int8`` with int8 activations (S8S8).
+  training crops, by ``tfmarket.serving.quantize.quantize_static_int8`` with int8 activations
+  (S8S8).
   ``ort-int8-static-u8``: the same with uint8 activations (U8S8, the operand layout of x86's
   VNNI int8 dot products): what ``export --int8`` writes as ``model.int8.onnx``.
   Where that function cannot be imported the row is left out and the reason printed.
-* ``keras``: :func:`tfmarket.model.build_inference_model` (the graph export writes), called
+* ``keras``: :func:`tfmarket.model.network.build_inference_model` (the graph export writes), called
   with ``predict_on_batch`` (Keras's compiled predict function; ``__call__`` runs eagerly).
 * ``savedmodel``: ``tf.saved_model.load(saved_model/).serve``, what TF Serving would run.
 * ``torch-fp32`` / ``torch-bf16``: the original project's stack: torchvision ``resnet50`` (v1.5)
@@ -29,10 +31,10 @@ batch 1 and 64 (``--batches``). Rows:
   Its input is the same uint8 NHWC array; the cast to float and the ImageNet normalisation run
   inside the timed call, as they do inside the exported graphs.
 
-Models. ``--random-init`` builds :func:`tfmarket.model.build_model` (``--backbone`` resnet50,
-random weights, last stride 1, avg pooling, 751 identities) at every size and exports it with
-:func:`tfmarket.export.export_model` (SavedModel + ONNX, export's parity check) into a scratch
-folder (``--models-dir``, default a temporary one): speed does not depend on the weights.
+Models. ``--random-init`` builds :func:`tfmarket.model.network.build_model` (``--backbone``
+resnet50, random weights, last stride 1, avg pooling, 751 identities) at every size and exports it
+with :func:`tfmarket.serving.export.export_model` (SavedModel + ONNX, export's parity check) into a
+scratch folder (``--models-dir``, default a temporary one): speed does not depend on the weights.
 ``--export DIR`` (a folder written by ``python -m tfmarket.export --onnx``) serves its own size
 from its files: ``model.onnx`` and ``saved_model/``; both int8 variants are quantised here from
 ``model.onnx`` into the scratch folder. Its
@@ -59,12 +61,12 @@ to N; 0 (default) leaves each library's default (onnxruntime and torch: one per 
 TensorFlow: every logical core). The CPU model with its bf16 / AMX / VNNI flags heads the
 output; each row's thread setting and peak resident memory are in the table and the JSON.
 
-Accuracy (``--export`` with ``--workdir RUN``, the run it was exported from): the run's
-validation split (``config.yaml``'s ``data.validation``, read by ``tfmarket.train``'s
-``load_training_data``, as ``python -m tfmarket.calibrate`` reads it), every image decoded once
-and embedded by each ONNX model (:class:`tfmarket.embed.OnnxEmbedder`, no flip test), scored by
-:func:`tfmarket.evaluation.score` (what validation during training reports): mAP and Rank-1 of
-the validation queries vs gallery (Market-1501 protocol) and label-based attribute mA; the int8
+Accuracy (``--export`` with ``--workdir RUN``, the run it was exported from): the run's validation
+split (``config.yaml``'s ``data.validation``, read by ``tfmarket.training.data.load_training_data``,
+as ``python -m tfmarket.calibrate`` reads it), every image decoded once and embedded by each ONNX
+model (:class:`tfmarket.serving.embed.OnnxEmbedder`, no flip test), scored by
+:func:`tfmarket.training.evaluation.score` (what validation during training reports): mAP and Rank-1
+of the validation queries vs gallery (Market-1501 protocol) and label-based attribute mA; the int8
 rows also show the drop from fp32. Target: int8 at least ``--target-speedup`` (2) x ort-fp32's
 images/s at the largest batch, with at most ``--target-map-loss`` (0.01) mAP lost.
 
@@ -209,7 +211,7 @@ def keras_runner(spec: dict):
     tf = _tf_threads(spec["threads"])
     import keras
 
-    from tfmarket.model import build_inference_model, build_model
+    from tfmarket.model.network import build_inference_model, build_model
 
     keras.utils.set_random_seed(0)
     arch = spec["arch"]
@@ -388,7 +390,7 @@ def crop_paths(args, run_data=None) -> list[str]:
     """Training crops: the run's training identities (with --workdir), else --data's train/."""
     if run_data is not None:
         return list(run_data.records.paths)
-    from tfmarket.data.market1501 import load_dataset
+    from tfmarket.data.registry import load_dataset
 
     root = Path(args.data)
     if not root.is_dir():
@@ -454,10 +456,11 @@ def prepare_size(height: int, width: int, source: str, args, paths: list[str],
                 quantize_dynamic_int8(fp32, out)
             else:
                 try:
-                    from tfmarket.quantize import quantize_static_int8
+                    from tfmarket.serving.quantize import quantize_static_int8
                 except ImportError as exc:
                     notes.append(f"{size}: ort-int8-static skipped: "
-                                 f"tfmarket.quantize.quantize_static_int8 not importable ({exc})")
+                                 "tfmarket.serving.quantize.quantize_static_int8 not "
+                                 f"importable ({exc})")
                     continue
                 out = Path(quantize_static_int8(
                     fp32, out, calibration,
@@ -493,8 +496,8 @@ def build_random_export(height: int, width: int, backbone: str, folder: Path, im
     """build_model (random init) -> export_model into ``folder``: (model.onnx, architecture)."""
     import keras
 
-    from tfmarket.export import export_model
-    from tfmarket.model import build_model
+    from tfmarket.model.network import build_model
+    from tfmarket.serving.export import export_model
 
     arch = {"backbone": backbone, "last_stride": 1, "pooling": "avg", "embedding_dim": 0,
             "fused_batchnorm": True, "num_ids": NUM_IDS}
@@ -526,7 +529,7 @@ def load_run_data(workdir: Path):
     import yaml
 
     from tfmarket.config import from_dict
-    from tfmarket.train import load_training_data
+    from tfmarket.training.data import load_training_data
 
     if not (workdir / "config.yaml").is_file():
         raise SystemExit(f"--workdir {workdir}: not a tfmarket run directory (no config.yaml)")
@@ -544,9 +547,9 @@ def load_run_data(workdir: Path):
 def validation_accuracy(models: dict[str, str], data, height: int, width: int,
                         threads: int) -> dict[str, dict]:
     """{row: {mAP, rank1, mA, ...}} of each ONNX model on the run's validation split."""
-    from tfmarket.embed import OnnxEmbedder
-    from tfmarket.evaluation import score
     from tfmarket.preprocess import load_images_numpy
+    from tfmarket.serving.embed import OnnxEmbedder
+    from tfmarket.training.evaluation import score
 
     start = time.perf_counter()
     query = load_images_numpy(data.val_query.paths, height, width)

@@ -83,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_train(root: Path, limit: int = 0):
     """Course/original training records -> (paths, contiguous labels, attribute targets)."""
-    from tfmarket.data.market1501 import load_dataset
+    from tfmarket.data.registry import load_dataset
     from tfmarket.data.split import relabel
-    from tfmarket.train import attribute_targets
+    from tfmarket.training.data import attribute_targets
 
     train = load_dataset(root).train
     if limit and len(train) > limit:

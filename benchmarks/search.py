@@ -4,7 +4,7 @@
         [--queries 10000] [--skip-flat-above 4G] [--threads N] [--json results.json]
     .venv/bin/python benchmarks/search.py --quick   # 20k gallery, 500 queries, dim 128: smoke run
 
-Every index is built and searched with tfmarket's own functions (:mod:`tfmarket.search`):
+Every index is built and searched with tfmarket's own functions (:mod:`tfmarket.retrieval.search`):
 
 * ``exact``: :func:`cosine_topk` (numpy, chunked over queries) on the whole gallery in memory.
 * ``flat``: :func:`build_faiss_index` ``kind="flat"`` (faiss ``IndexFlatIP``, exact).
@@ -70,7 +70,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tfmarket.search import (  # noqa: E402
+from tfmarket.retrieval.search import (  # noqa: E402
     add_to_faiss_index,
     build_faiss_index,
     cosine_topk,

@@ -22,10 +22,11 @@ Parts combine with "+": ``default+eigen`` is glibc's malloc and no oneDNN.
 
 Rounds alternate the variants' order, so drift in the shared machine's speed hits every
 variant alike. Per run: wall, user and system CPU seconds, minor page faults and peak resident
-memory (``/usr/bin/time``), and the last epoch's images/s (``tfmarket.callbacks.Throughput``,
-from the run's ``metrics.json``). The table gives each variant's median and (min-max) and the
-per-round ratio of its last-epoch images/s to the first variant's. Every run's weights digest
-is printed: variants that differ only in the allocator must train the same weights.
+memory (``/usr/bin/time``), and the last epoch's images/s
+(``tfmarket.training.callbacks.Throughput``, from the run's ``metrics.json``). The table gives
+each variant's median and (min-max) and the per-round ratio of its last-epoch images/s to the
+first variant's. Every run's weights digest is printed: variants that differ only in the
+allocator must train the same weights.
 """
 
 from __future__ import annotations

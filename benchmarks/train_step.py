@@ -22,8 +22,8 @@ reports its system CPU time per user CPU time (getrusage over its timed steps): 
 from a churning allocator show there (``tfmarket.allocator``; ``--malloc`` /
 ``--torch-malloc`` choose each framework's rows' malloc: ``tuned``, ``default`` or ``both``).
 
-* ``tfmarket``: :func:`tfmarket.model.build_model` (ResNet50, random init, last stride 1, avg
-  pooling, BNNeck, 751-way ID head, attribute heads) compiled exactly as ``tfmarket.train``
+* ``tfmarket``: :func:`tfmarket.model.network.build_model` (ResNet50, random init, last stride 1,
+  avg pooling, BNNeck, 751-way ID head, attribute heads) compiled exactly as ``tfmarket.train``
   compiles it (``build_losses``: label-smoothed ID softmax + batch-hard triplet + attribute
   losses; ``build_optimizer``; ``build_metrics``), stepped with ``train_on_batch`` (the
   compiled train function that ``fit`` runs). Precision ``float32`` and ``mixed_bfloat16``
@@ -203,8 +203,8 @@ def tf_trainer(spec: dict, args):
     import tensorflow as tf
 
     from tfmarket.config import load_config
-    from tfmarket.model import build_model
-    from tfmarket.train import _model_targets, build_losses, build_metrics, build_optimizer
+    from tfmarket.model.network import build_model
+    from tfmarket.training.build import build_losses, build_metrics, build_optimizer, model_targets
 
     config = load_config(args.config)
     height, width = spec["height"], spec["width"]
@@ -221,7 +221,7 @@ def tf_trainer(spec: dict, args):
     )
     images, targets = synthetic_batch(args.batch, height, width)
     x = tf.constant(images)
-    y = _model_targets({k: tf.constant(v) for k, v in targets.items()})
+    y = model_targets({k: tf.constant(v) for k, v in targets.items()})
 
     def steps(n: int) -> tuple[float, float]:
         # train_on_batch runs the same compiled train function as fit, one step per call.
@@ -243,7 +243,7 @@ def fit_trainer(spec: dict, args):
     """``tfmarket.train``'s own model, strategy and input on the real data -> step(n), facts.
 
     Built by the functions ``tfmarket.train`` runs (``load_training_data``, ``choose_strategy``,
-    ``_compiled_model``, ``_make_dataset_fn``) from ``--config`` with the data root, size and
+    ``compiled_model``, ``make_dataset_fn``) from ``--config`` with the data root, size and
     P x K batch of this benchmark, so the three ``input`` variants step the same model:
 
     * ``fit-pipeline``: ``model.fit`` on the real input pipeline (decode, augmentation, P x K
@@ -253,7 +253,8 @@ def fit_trainer(spec: dict, args):
 
     Every ``fit`` call of n steps starts a fresh iterator (nothing prefetched while the row
     waited for its turn), so the pipeline's full cost is in the time; a call is timed by
-    ``tfmarket.callbacks.Throughput``, the callback that reports ``tfmarket.train``'s images/s.
+    ``tfmarket.training.callbacks.Throughput``, the callback that reports ``tfmarket.train``'s
+    images/s.
     """
     import tempfile
     from dataclasses import replace
@@ -261,10 +262,12 @@ def fit_trainer(spec: dict, args):
     import keras
     import tensorflow as tf
 
-    from tfmarket.callbacks import Throughput
     from tfmarket.config import load_config
-    from tfmarket.distribute import choose_strategy
-    from tfmarket.train import _compiled_model, _make_dataset_fn, load_training_data
+    from tfmarket.training.build import compiled_model
+    from tfmarket.training.callbacks import Throughput
+    from tfmarket.training.data import load_training_data
+    from tfmarket.training.distribute import choose_strategy
+    from tfmarket.training.fit import make_dataset_fn
 
     config = load_config(args.config)
     data_cfg = replace(config.data, root=str(args.data), height=spec["height"],
@@ -276,9 +279,9 @@ def fit_trainer(spec: dict, args):
     keras.mixed_precision.set_global_policy(spec["precision"])
     strategy = choose_strategy()
     data = load_training_data(data_cfg, Path(tempfile.mkdtemp(prefix="tfmarket-bench-")))
-    model = _compiled_model(config, strategy, len(data.identities), data.targets,
-                            steps_per_epoch=1000)
-    dataset_fn = _make_dataset_fn(data, data_cfg, first_step=0)
+    model = compiled_model(config, strategy, len(data.identities), data.targets,
+                           steps_per_epoch=1000)
+    dataset_fn = make_dataset_fn(data, data_cfg, first_step=0)
     throughput = Throughput(args.batch)
     x, y = next(iter(dataset_fn(tf.distribute.InputContext())))
     if spec["input"] == "fit-pipeline":

@@ -61,7 +61,7 @@ def market_like_records(data_root: Path, num_query: int, num_gallery: int, seed:
     """(query, gallery) :class:`Records` of real crops with Market-1501-like synthetic labels."""
     from tfmarket.attributes import COLUMNS
     from tfmarket.data.filenames import list_images
-    from tfmarket.data.market1501 import Records
+    from tfmarket.data.records import Records
 
     paths = sorted(str(p) for folder in ("test", "queries")
                    for p in list_images(data_root / folder))
@@ -89,8 +89,8 @@ def time_validation(backbone: str, height: int, width: int, query, gallery, prec
     """Builds a random-init training model and runs the validation callback ``repeats`` times."""
     import keras
 
-    import tfmarket.evaluation as evaluation
-    from tfmarket.model import build_model
+    import tfmarket.training.evaluation as evaluation
+    from tfmarket.model.network import build_model
 
     keras.mixed_precision.set_global_policy(precision)
     model = build_model(NUM_IDS, height=height, width=width, backbone=backbone, weights=None,
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {machine['cpu']}; {machine['affinity_cpus']} usable cores", flush=True)
     precision = args.precision
     if precision == "auto":
-        from tfmarket.distribute import resolve_precision
+        from tfmarket.training.distribute import resolve_precision
 
         precision, reason = resolve_precision("auto")
         print(f"precision: {precision} ({reason})")

@@ -84,8 +84,8 @@ def market_synth(tmp_path_factory) -> Path:
 def exported(tmp_path_factory, course_synth):
     """A one-epoch smoke model exported to SavedModel + ONNX (+ int8): (folder, card, config)."""
     from tfmarket.config import load_config
-    from tfmarket.export import export_run
-    from tfmarket.train import run as train_run
+    from tfmarket.serving.export import export_run
+    from tfmarket.training.run import run as train_run
 
     root = tmp_path_factory.mktemp("export")
     workdir = root / "run"

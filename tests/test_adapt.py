@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfmarket.cluster import (
+from tfmarket.errors import ConfigError, DataError, TfmarketError
+from tfmarket.retrieval.cluster import (
     cluster_centroids,
     cluster_purity,
     cluster_stats,
@@ -21,7 +22,6 @@ from tfmarket.cluster import (
     drop_large_clusters,
     eps_from_quantile,
 )
-from tfmarket.errors import ConfigError, DataError, TfmarketError
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small neighbourhoods: the synthetic test set has ~6 images per person.
@@ -119,8 +119,8 @@ def test_cluster_purity_hand_computed():
 def test_cluster_prototypes_give_cosine_over_temperature_and_reload(tmp_path):
     import keras
 
-    from tfmarket.keras_metrics import KnownAccuracy, KnownBinaryAccuracy
-    from tfmarket.layers import ClusterPrototypes
+    from tfmarket.model.keras_metrics import KnownAccuracy, KnownBinaryAccuracy
+    from tfmarket.model.layers import ClusterPrototypes
 
     rng = np.random.default_rng(0)
     centroids = rng.normal(size=(5, 8)).astype(np.float32)  # [C, D], not unit rows
@@ -151,12 +151,12 @@ def test_cluster_prototypes_give_cosine_over_temperature_and_reload(tmp_path):
 
 @pytest.mark.parametrize("lam", [0.0, 0.3])
 def test_k_reciprocal_neighbours_match_the_dense_reference(lam):
-    from tfmarket.rerank import (
+    from tfmarket.retrieval.rerank import (
         k_reciprocal_distance_rows,
         k_reciprocal_neighbours,
         k_reciprocal_rerank_dense,
     )
-    from tfmarket.search import l2_normalize
+    from tfmarket.retrieval.search import l2_normalize
 
     def euclid(a, b):
         return np.sqrt(np.maximum(2.0 - 2.0 * a @ b.T, 0.0))
@@ -198,7 +198,7 @@ def test_eps_from_quantile_is_the_mean_of_the_smallest_pair_distances():
 def source_run(tmp_path_factory, course_synth):
     """A one-epoch tiny run on the synthetic course data (holdout validation)."""
     from tfmarket.config import load_config
-    from tfmarket.train import run as train_run
+    from tfmarket.training.run import run as train_run
 
     workdir = tmp_path_factory.mktemp("adapt") / "source"
     config = load_config(ROOT / "configs" / "smoke.yaml",
@@ -216,7 +216,7 @@ def test_adapt_end_to_end_interrupted_and_resumed(tmp_path, source_run, course_s
                                                   monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tfmarket import adapt, adapt_rounds
+    from tfmarket.training import adapt_plan, adapt_rounds
 
     workdir = tmp_path / "adapted"
     trained = []
@@ -229,9 +229,9 @@ def test_adapt_end_to_end_interrupted_and_resumed(tmp_path, source_run, course_s
         return real_train_round(self, previous, r, clusters)
 
     monkeypatch.setattr(adapt_rounds._Adaptation, "_train_round", interrupted)
-    plan = adapt.prepare(source_run, _crops(course_synth), workdir, None, TINY)
+    plan = adapt_plan.prepare(source_run, _crops(course_synth), workdir, None, TINY)
     with pytest.raises(KeyboardInterrupt):
-        adapt.run(plan)
+        adapt_rounds.run(plan)
     state = json.loads((workdir / "adapt" / "state.json").read_text())
     assert state["rounds_done"] == 1 and state["pending"]["round"] == 2
 
@@ -240,7 +240,8 @@ def test_adapt_end_to_end_interrupted_and_resumed(tmp_path, source_run, course_s
         return real_train_round(self, previous, r, clusters)
 
     monkeypatch.setattr(adapt_rounds._Adaptation, "_train_round", counted)
-    metrics = adapt.run(adapt.prepare(source_run, _crops(course_synth), workdir, None, TINY))
+    metrics = adapt_rounds.run(adapt_plan.prepare(source_run, _crops(course_synth), workdir,
+                                                  None, TINY))
     out = capsys.readouterr().out
     assert trained == [1, 2], "round 1 is not trained again"
     assert "resuming after round 1/2" in out and "transductive: true" in out
@@ -275,7 +276,7 @@ def test_adapt_end_to_end_interrupted_and_resumed(tmp_path, source_run, course_s
 
     # The saved models have the source run's outputs: the "cluster" prototypes exist only
     # while a round trains.
-    from tfmarket.model import load_run_model
+    from tfmarket.model.network import load_run_model
 
     def outputs(path):
         return sorted(load_run_model(path).output_names)
@@ -285,7 +286,7 @@ def test_adapt_end_to_end_interrupted_and_resumed(tmp_path, source_run, course_s
     assert outputs(workdir / "best.keras") == outputs(workdir / "model.keras") == source_outputs
 
     # The run directory is a normal one: export takes it (ONNX is covered by test_export_rank).
-    from tfmarket.export import export_run
+    from tfmarket.serving.export import export_run
 
     card = export_run(workdir, tmp_path / "export", parity_images=4)
     assert card["source_model"] == "best.keras"
@@ -293,19 +294,19 @@ def test_adapt_end_to_end_interrupted_and_resumed(tmp_path, source_run, course_s
 
     # A finished run is not adapted again; a resumed run keeps its settings except the
     # clustering ones (which only shape rounds still to come).
-    assert adapt.prepare(source_run, _crops(course_synth), workdir, None, TINY).complete
-    assert adapt.prepare(source_run, _crops(course_synth), workdir, None,
-                         [*TINY, "adapt.eps=0.4"]).complete
+    assert adapt_plan.prepare(source_run, _crops(course_synth), workdir, None, TINY).complete
+    assert adapt_plan.prepare(source_run, _crops(course_synth), workdir, None,
+                              [*TINY, "adapt.eps=0.4"]).complete
     with pytest.raises(ConfigError, match=r"other settings \(adapt.learning_rate"):
-        adapt.prepare(source_run, _crops(course_synth), workdir, None,
-                      [*TINY, "adapt.learning_rate=0.1"])
+        adapt_plan.prepare(source_run, _crops(course_synth), workdir, None,
+                           [*TINY, "adapt.learning_rate=0.1"])
 
 
 # --- bad input --------------------------------------------------------------------------------
 
 
 def _prepare(source, crops, workdir, overrides=()):
-    from tfmarket.adapt import prepare
+    from tfmarket.training.adapt_plan import prepare
 
     return prepare(source, crops, workdir, None, [*TINY, *overrides])
 
@@ -363,7 +364,7 @@ def test_validation_images_join_the_crops_for_the_transductive_proxy(tmp_path, s
                                                                      course_synth):
     crops = [_image_folder(tmp_path / "elsewhere", 12, course_synth)]
     plain = _prepare(source_run, crops, tmp_path / "new")
-    from tfmarket.adapt import prepare
+    from tfmarket.training.adapt_plan import prepare
 
     plan = prepare(source_run, crops, tmp_path / "new", None, TINY, with_validation_images=True)
     validation = {str(Path(p).resolve())
@@ -397,7 +398,7 @@ def test_a_folder_that_is_not_an_adaptation_is_left_alone(tmp_path, source_run, 
 
 def test_budget_and_clustering_errors_leave_no_run_directory(tmp_path, source_run,
                                                              course_synth):
-    from tfmarket.adapt import run
+    from tfmarket.training.adapt_rounds import run
 
     workdir = tmp_path / "new"
     with pytest.raises(ConfigError, match="over adapt.image_budget 90"):

@@ -58,7 +58,7 @@ def write_domains(root: Path, seed: int = SEED) -> tuple[Path, Path]:
 
 def train_source(source: Path, workdir: Path, seed: int = SEED) -> Path:
     from tfmarket.config import load_config
-    from tfmarket.train import run as train_run
+    from tfmarket.training.run import run as train_run
 
     config = load_config(ROOT / "configs" / "smoke.yaml",
                          [f"data.root={source}", f"train.seed={seed}", f"data.seed={seed}",
@@ -72,10 +72,10 @@ def target_crops(target: Path) -> list[Path]:
 
 
 def adapt_to(source_run: Path, target: Path, workdir: Path, overrides=()) -> Path:
-    from tfmarket import adapt
+    from tfmarket.training.adapt_plan import prepare
+    from tfmarket.training.adapt_rounds import run
 
-    adapt.run(adapt.prepare(source_run, target_crops(target), workdir, None,
-                            [*ADAPT, *overrides]))
+    run(prepare(source_run, target_crops(target), workdir, None, [*ADAPT, *overrides]))
     return workdir
 
 
@@ -83,7 +83,7 @@ def pseudo_label_quality(adapted: Path) -> list[dict]:
     """Per round: ``cluster_purity`` of its pseudo-labels against the true identities, plus
     ``f1_all``: pair F1 with outliers as clusters of one, so a round that clusters more crops
     is not scored on fewer (pair recall over every same-identity pair of crops)."""
-    from tfmarket.cluster import cluster_purity
+    from tfmarket.retrieval.cluster import cluster_purity
 
     crops = (adapted / "adapt" / "crops.txt").read_text().split("\n")
     true_ids = np.array([int(Path(c).name.split("_")[0]) for c in crops if c])
@@ -104,9 +104,9 @@ def target_map(adapted: Path, target: Path) -> dict[str, float]:
     from, "adapted": the adapted model.keras}."""
     import yaml
 
-    from tfmarket.data.market1501 import load_dataset
-    from tfmarket.evaluation import predict_records, score
-    from tfmarket.model import load_run_model
+    from tfmarket.data.registry import load_dataset
+    from tfmarket.model.network import load_run_model
+    from tfmarket.training.evaluation import predict_records, score
 
     config = yaml.safe_load((adapted / "config.yaml").read_text())
     height, width = config["data"]["height"], config["data"]["width"]

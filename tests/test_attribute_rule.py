@@ -6,7 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from tfmarket.attribute_rule import (
+from tfmarket.attributes import COLUMNS, HEADS, predicted_columns
+from tfmarket.errors import TfmarketError
+from tfmarket.retrieval.attribute_rule import (
     AttributeRule,
     class_priors,
     cross_validate,
@@ -17,8 +19,6 @@ from tfmarket.attribute_rule import (
     pick,
     save_rule,
 )
-from tfmarket.attributes import COLUMNS, HEADS, predicted_columns
-from tfmarket.errors import TfmarketError
 
 
 def _random_probs(n, seed=0):
@@ -228,7 +228,8 @@ def test_calibrate_then_rank_uses_the_rule(exported, course_synth, tmp_path, cap
 def test_rank_votes_gallery_attributes_among_the_gallery_only():
     """The course's test folder holds copies of the query images: a gallery image must not
     vote with its own copy in the queries."""
-    from tfmarket.rank import decide_attributes
+    from tfmarket.attributes import MARKET
+    from tfmarket.serving.predictor import decide_columns
 
     def outputs(embeddings, backpack):
         probs = _random_probs(len(embeddings), seed=len(embeddings))
@@ -237,7 +238,9 @@ def test_rank_votes_gallery_attributes_among_the_gallery_only():
 
     gallery = outputs([[1, 0], [0.9, 0.2], [0, 1]], [0.4, 0.8, 0.1])
     query = outputs([[1, 0]], [0.0])  # a copy of gallery image 0 with another probability
-    q_cols, g_cols = decide_attributes(query, gallery, AttributeRule(neighbours=2))
+    rule = AttributeRule(neighbours=2)
+    q_cols = decide_columns(query, rule, MARKET, among=gallery)  # as rank decides queries
+    g_cols = decide_columns(gallery, rule, MARKET)  # and gallery images
     col = COLUMNS.index("backpack")
     assert g_cols[0, col] == 2  # (.4 + .8) / 2 from the gallery; (.4 + .0) / 2 with the copy
     assert q_cols[0, col] == 1  # the query votes with its copy: (.0 + .4) / 2

@@ -1,6 +1,6 @@
 """Readers of DukeMTMC-reID, MSMT17, CUHK03 and custom crops on fixtures in their real formats.
 
-Every fixture is written by ``tfmarket.data.synthetic_formats`` (real file names, list files and
+Every fixture is written by ``tfmarket.data.synthetic.formats`` (real file names, list files and
 ``.mat`` files, 16x32 images), so these tests need no real data and run in seconds.
 """
 
@@ -17,11 +17,12 @@ from tfmarket.config import CHOICES, load_config
 from tfmarket.data.__main__ import main as data_cli
 from tfmarket.data.cuhk03 import extract_cuhk03
 from tfmarket.data.duke import DUKE_ATTRIBUTES, read_duke_attribute_mat
-from tfmarket.data.market1501 import LAYOUTS, Records, detect_layout, load_dataset
 from tfmarket.data.msmt17 import load_msmt17
+from tfmarket.data.records import Records
+from tfmarket.data.registry import LAYOUTS, detect_layout, load_dataset
 from tfmarket.data.split import split_validation
 from tfmarket.data.summary import dataset_summary
-from tfmarket.data.synthetic_formats import (
+from tfmarket.data.synthetic.formats import (
     write_cuhk03,
     write_cuhk03_raw,
     write_custom,
@@ -30,7 +31,7 @@ from tfmarket.data.synthetic_formats import (
     write_msmt17,
 )
 from tfmarket.errors import DataError
-from tfmarket.metrics import evaluate_ranking, per_query_metrics_from_order
+from tfmarket.retrieval.metrics import evaluate_ranking, per_query_metrics_from_order
 
 
 def counts(records: Records) -> tuple[int, int, int]:
@@ -344,7 +345,7 @@ def test_config_layout_accepts_every_dataset():
 def test_data_dataset_names_the_dataset_for_training(tmp_path):
     from tfmarket.config import dataset_name
     from tfmarket.errors import ConfigError
-    from tfmarket.train import load_training_data
+    from tfmarket.training.data import load_training_data
 
     assert CHOICES["data.dataset"] == CHOICES["data.layout"]
     root = tmp_path / "duke"

@@ -1,4 +1,5 @@
-"""benchmarks/evaluate.py at a tiny size: its inputs, and tfmarket.metrics against references.
+"""benchmarks/evaluate.py at a tiny size: its inputs, and tfmarket.retrieval.metrics against
+references.
 
 The references: a plain per-query loop written here (the Market-1501 protocol spelled out),
 and torchreid's Python ``evaluate_rank`` when torchreid is installed (skipped otherwise).
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfmarket.metrics import evaluate_ranking
+from tfmarket.retrieval.metrics import evaluate_ranking
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 if str(BENCHMARKS) not in sys.path:

@@ -7,9 +7,9 @@ import pytest
 from conftest import write_jpeg
 
 from tfmarket.attributes import HEADS
-from tfmarket.export import export_run, run_onnx
 from tfmarket.rank import main as rank_main
-from tfmarket.submission import read_classification, read_reid
+from tfmarket.serving.export import export_run, run_onnx
+from tfmarket.serving.submission import read_classification, read_reid
 
 
 def test_export_writes_models_card_and_passes_parity(exported):
@@ -30,7 +30,7 @@ def test_keras_savedmodel_onnx_agree_with_dynamic_batch(exported):
     import keras
     import tensorflow as tf
 
-    from tfmarket.model import build_inference_model
+    from tfmarket.model.network import build_inference_model
 
     out, card, config = exported
     model = keras.models.load_model(card["source_run"] + "/" + card["source_model"])
@@ -143,7 +143,7 @@ def test_rank_accepts_png_grayscale_and_odd_sizes(exported, course_synth, tmp_pa
 def test_parity_failure_aborts_and_leaves_nothing(exported, tmp_path, monkeypatch):
     import pathlib
 
-    import tfmarket.export as export_module
+    import tfmarket.serving.export as export_module
     from tfmarket.errors import TfmarketError
 
     _, card, _ = exported

@@ -62,7 +62,7 @@ def _close(actual, expected, tol, what):
 def test_fused_matches_keras_forward_gradients_and_moving_stats(policy, tol):
     import keras
 
-    from tfmarket.layers import FusedBatchNormalization
+    from tfmarket.model.layers import FusedBatchNormalization
 
     rng = np.random.default_rng(0)
     images = rng.normal(2.0, 3.0, (6, 12, 8, 3)).astype(np.float32)  # off-centre, wide
@@ -90,7 +90,7 @@ def test_fused_matches_keras_forward_gradients_and_moving_stats(policy, tol):
 def test_inference_frozen_and_2d_inputs_use_keras_code_and_agree():
     import keras
 
-    from tfmarket.layers import FusedBatchNormalization
+    from tfmarket.model.layers import FusedBatchNormalization
 
     rng = np.random.default_rng(1)
     images = rng.normal(size=(4, 12, 8, 3)).astype(np.float32)
@@ -112,8 +112,8 @@ def test_saves_loads_and_reads_weights_written_with_keras_layers(tmp_path):
     """.keras round trip; a checkpoint of the old (Keras-BN) model loads into the fused one."""
     import keras
 
-    from tfmarket.layers import FusedBatchNormalization
-    from tfmarket.model import build_model
+    from tfmarket.model.layers import FusedBatchNormalization
+    from tfmarket.model.network import build_model
 
     images = np.random.default_rng(2).uniform(0, 255, (2, 32, 16, 3)).astype(np.float32)
     old = build_model(5, height=32, width=16, backbone="tiny", fused_batchnorm=False)
@@ -140,8 +140,8 @@ def test_saves_loads_and_reads_weights_written_with_keras_layers(tmp_path):
 def test_resnet50_gets_fused_layers_with_the_same_weights():
     import keras
 
-    from tfmarket.layers import FusedBatchNormalization
-    from tfmarket.model import build_backbone
+    from tfmarket.model.layers import FusedBatchNormalization
+    from tfmarket.model.network import build_backbone
 
     for last_stride in (1, 2):
         trunk, _ = build_backbone("resnet50", (64, 32, 3), None, last_stride)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from tfmarket.errors import DataError, TfmarketError
-from tfmarket.gallery import (
+from tfmarket.gallery import main
+from tfmarket.serving.store import (
     filter_ids,
     load_store,
-    main,
     merge_stores,
     parse_filter,
     parse_shard,
@@ -83,8 +83,8 @@ def test_sharded_embedding_merges_into_the_full_store_and_searches(exported, cou
 
 def test_index_ivfpq_refine_keeps_its_search_settings(tmp_path):
     faiss = pytest.importorskip("faiss")
-    from tfmarket.gallery import save_store
-    from tfmarket.search import cosine_topk, faiss_topk, l2_normalize
+    from tfmarket.retrieval.search import cosine_topk, faiss_topk, l2_normalize
+    from tfmarket.serving.store import save_store
 
     rng = np.random.default_rng(0)
     emb = l2_normalize(rng.normal(size=(600, 32)))

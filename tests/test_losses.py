@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tfmarket.losses import (
+from tfmarket.model.losses import (
     BinaryLoss,
     SoftmaxLoss,
     TripletLoss,

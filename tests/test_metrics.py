@@ -1,4 +1,5 @@
-"""Tests for tfmarket.metrics: hand-computed ranking and attribute cases, plus references."""
+"""Tests for tfmarket.retrieval.metrics and attribute_metrics: hand-computed ranking and attribute
+cases, plus references."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 from tfmarket.attributes import COLUMNS
-from tfmarket.metrics import (
-    attribute_metrics,
+from tfmarket.retrieval.attribute_metrics import attribute_metrics
+from tfmarket.retrieval.metrics import (
     evaluate_from_features,
     evaluate_ranking,
     market1501_cmc_map,

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from tfmarket.attributes import HEADS
-from tfmarket.model import build_inference_model, build_model
+from tfmarket.model.network import build_inference_model, build_model
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_inference_model_takes_uint8_and_gives_probabilities(tiny):
 
 @pytest.mark.parametrize("last_stride,expected", [(2, (2, 1)), (1, (4, 2))])
 def test_resnet50_last_stride(last_stride, expected):
-    from tfmarket.model import build_backbone
+    from tfmarket.model.network import build_backbone
 
     trunk, mode = build_backbone("resnet50", (64, 32, 3), None, last_stride)
     assert mode == "caffe"
@@ -95,7 +95,7 @@ def test_cosine_id_head_gives_scaled_cosines_and_reloads(tmp_path):
 def test_id_margin_settings_are_checked(overrides, message):
     from tfmarket.config import load_config
     from tfmarket.errors import ConfigError
-    from tfmarket.train import build_losses
+    from tfmarket.training.build import build_losses
 
     config = load_config(None, overrides)
     with pytest.raises(ConfigError, match=message):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tfmarket.npzfile import save_npz
+from tfmarket.serving.npzfile import save_npz
 
 
 @pytest.mark.parametrize("compressed", [False, True])

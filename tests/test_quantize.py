@@ -11,9 +11,9 @@ from tfmarket.errors import TfmarketError
 def test_static_int8_is_qdq_and_close_to_float(exported, course_synth, tmp_path):
     import onnx
 
-    from tfmarket.export import quantization_report, run_onnx
     from tfmarket.preprocess import load_images_numpy
-    from tfmarket.quantize import quantize_static_int8
+    from tfmarket.serving.export import quantization_report, run_onnx
+    from tfmarket.serving.quantize import quantize_static_int8
 
     out, card, config = exported
     height, width = config.data.height, config.data.width
@@ -33,7 +33,7 @@ def test_static_int8_is_qdq_and_close_to_float(exported, course_synth, tmp_path)
 
 
 def test_static_int8_refuses_bad_calibration_images(exported, tmp_path):
-    from tfmarket.quantize import quantize_static_int8
+    from tfmarket.serving.quantize import quantize_static_int8
 
     out, _, _ = exported
     with pytest.raises(TfmarketError, match="uint8"):
@@ -73,7 +73,7 @@ def test_static_int8_with_uint8_activations(exported, course_synth, tmp_path):
     from onnx import numpy_helper
 
     from tfmarket.preprocess import load_images_numpy
-    from tfmarket.quantize import quantize_static_int8
+    from tfmarket.serving.quantize import quantize_static_int8
 
     out, _, config = exported
     crops = sorted((course_synth / "train").iterdir())[:16]

@@ -9,7 +9,8 @@ from tfmarket.attributes import COLUMNS
 from tfmarket.data.__main__ import main as data_cli
 from tfmarket.data.check import find_unreadable
 from tfmarket.data.filenames import list_images, parse_course_train, parse_original
-from tfmarket.data.market1501 import load_dataset, read_annotations_csv, read_attribute_mat
+from tfmarket.data.market1501 import read_annotations_csv, read_attribute_mat
+from tfmarket.data.registry import load_dataset
 from tfmarket.data.split import relabel, split_validation
 from tfmarket.errors import DataError
 

@@ -1,13 +1,14 @@
-"""Tests for tfmarket.rerank: bounded == dense reference, and re-ranking helps a toy case."""
+"""Tests for tfmarket.retrieval.rerank: bounded == dense reference, and re-ranking helps a toy
+case."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tfmarket.metrics import evaluate_ranking
-from tfmarket.rerank import k_reciprocal_rerank, k_reciprocal_rerank_dense
-from tfmarket.search import cosine_distance, l2_normalize
+from tfmarket.retrieval.metrics import evaluate_ranking
+from tfmarket.retrieval.rerank import k_reciprocal_rerank, k_reciprocal_rerank_dense
+from tfmarket.retrieval.search import cosine_distance, l2_normalize
 
 
 def _euclidean(a, b):

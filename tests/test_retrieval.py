@@ -1,4 +1,5 @@
-"""tfmarket.retrieval: expansion, attribute distance and the rule chooser, on hand cases."""
+"""tfmarket.retrieval.retrieval_rule: expansion, attribute distance and the rule chooser, on hand
+cases."""
 
 import dataclasses
 import json
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 
 from tfmarket.errors import TfmarketError
-from tfmarket.metrics import evaluate_ranking
-from tfmarket.retrieval import (
+from tfmarket.retrieval.metrics import evaluate_ranking
+from tfmarket.retrieval.retrieval_rule import (
     RetrievalRule,
     attribute_distance,
     attribute_features,
@@ -140,9 +141,9 @@ def test_calibrate_writes_the_retrieval_rule_and_rank_applies_it(exported, cours
 
     from tfmarket.attributes import HEADS as MARKET_HEADS
     from tfmarket.calibrate import main as calibrate_main
-    from tfmarket.metrics import evaluate_ranking
-    from tfmarket.rank import load_inputs
     from tfmarket.rank import main as rank_main
+    from tfmarket.retrieval.metrics import evaluate_ranking
+    from tfmarket.serving.ranking import load_inputs
 
     source, card, _ = exported
     model_dir = tmp_path / "exp"
@@ -177,8 +178,7 @@ def test_calibrate_writes_the_retrieval_rule_and_rank_applies_it(exported, cours
              **{h: emb[f"query_prob_{h}"] for h in MARKET_HEADS}}
     g_out = {"embedding": emb["gallery_embedding"],
              **{h: emb[f"gallery_prob_{h}"] for h in MARKET_HEADS}}
-    query, gallery, _ = load_inputs(type("A", (), {"data": str(course_synth), "query": None,
-                                                   "gallery": None})())
+    query, gallery, _ = load_inputs(data=str(course_synth))
     expected = evaluate_ranking(distances(q_out, g_out, rule, MARKET_HEADS), query.pids,
                                 gallery.pids, query.cams, gallery.cams)
     assert summary["metrics"]["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)

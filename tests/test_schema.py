@@ -3,7 +3,7 @@
 Market-1501's schema reproduces the fixed heads of before (``tests/test_attributes.py`` and the
 other Market tests run unchanged); DukeMTMC-reID's 23 attributes train their own heads through
 train -> export -> rank; MSMT17 (no attributes) trains re-ID only. Datasets are the real-format
-fixtures of ``tfmarket.data.synthetic_formats``; models the tiny backbone at 64x32.
+fixtures of ``tfmarket.data.synthetic.formats``; models the tiny backbone at 64x32.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from tfmarket.attributes import (
     schema_for_layout,
     schema_from_card,
 )
-from tfmarket.data.market1501 import concat_records, load_dataset
-from tfmarket.data.synthetic_formats import write_duke, write_msmt17
+from tfmarket.data.records import concat_records
+from tfmarket.data.registry import load_dataset
+from tfmarket.data.synthetic.formats import write_duke, write_msmt17
 
 ROOT = Path(__file__).resolve().parents[1]
 DUKE_HEADS = {"backpack": 1, "bag": 1, "handbag": 1, "boots": 1, "gender": 1, "hat": 1,
@@ -82,7 +83,7 @@ def test_schema_dicts_round_trip_through_json():
 
 def test_datasets_carry_their_schema_and_extra_roots_keep_identities_apart(tmp_path):
     from tfmarket.config import load_config
-    from tfmarket.train import EXTRA_PID_OFFSET, load_training_data
+    from tfmarket.training.data import EXTRA_PID_OFFSET, load_training_data
 
     write_duke(tmp_path / "duke", train_ids=tuple(range(1, 9)), images_per_id=4)
     write_msmt17(tmp_path / "msmt", num_train_ids=5)
@@ -111,8 +112,8 @@ def test_datasets_carry_their_schema_and_extra_roots_keep_identities_apart(tmp_p
 
 
 def test_attribute_rule_and_gallery_filter_follow_the_schema():
-    from tfmarket.attribute_rule import AttributeRule, class_priors, decide
-    from tfmarket.gallery import parse_filter, store_columns
+    from tfmarket.retrieval.attribute_rule import AttributeRule, class_priors, decide
+    from tfmarket.serving.store import parse_filter, store_columns
 
     rng = np.random.default_rng(1)
     targets = {h: rng.integers(0, max(n, 2), 30).astype(np.int32)
@@ -136,8 +137,8 @@ def test_attribute_rule_and_gallery_filter_follow_the_schema():
 
 def _train_and_export(root: Path, workdir: Path, out: Path, *overrides: str):
     from tfmarket.config import load_config
-    from tfmarket.export import export_run
-    from tfmarket.train import run
+    from tfmarket.serving.export import export_run
+    from tfmarket.training.run import run
 
     config = load_config(ROOT / "configs" / "smoke.yaml",
                          [f"data.root={root}", "train.epochs=1", "train.steps_per_epoch=2",
@@ -158,10 +159,10 @@ def _rank(model: Path, data: Path, out: Path, capsys, *extra: str) -> dict:
 
 
 def test_duke_trains_its_own_heads_exports_calibrates_and_ranks(tmp_path, market_synth, capsys):
-    from tfmarket.attribute_rule import load_rule
     from tfmarket.calibrate import main as calibrate_main
-    from tfmarket.gallery import embed_store, filter_ids, parse_filter, store_columns
-    from tfmarket.submission import read_classification
+    from tfmarket.retrieval.attribute_rule import load_rule
+    from tfmarket.serving.store import embed_store, filter_ids, parse_filter, store_columns
+    from tfmarket.serving.submission import read_classification
 
     duke = tmp_path / "duke"
     write_duke(duke, train_ids=tuple(range(1, 11)), images_per_id=4)

@@ -1,11 +1,11 @@
-"""Tests for tfmarket.search: exact chunked top-k (ties included) and faiss agreement."""
+"""Tests for tfmarket.retrieval.search: exact chunked top-k (ties included) and faiss agreement."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tfmarket.search import (
+from tfmarket.retrieval.search import (
     build_faiss_index,
     cosine_distance,
     cosine_topk,
@@ -223,7 +223,7 @@ def test_faiss_search_params_and_refine_errors():
 
 def test_add_to_faiss_index_bounds_pq_encoding_and_continues_ids():
     faiss = pytest.importorskip("faiss")
-    from tfmarket.search import PQ_ENCODE_BYTES, _bounded_pq_add, add_to_faiss_index
+    from tfmarket.retrieval.search import PQ_ENCODE_BYTES, _bounded_pq_add, add_to_faiss_index
 
     rng = np.random.default_rng(10)
     g = l2_normalize(rng.normal(size=(900, 64)))
@@ -248,7 +248,7 @@ def test_on_available_gpus_keeps_cpu_index_where_gpus_cannot_serve():
     """Without a GPU (this machine, faiss-cpu) every index stays the same CPU object; with one,
     ivfpq-refine and filtered searches would still stay on the CPU (no GPU version)."""
     faiss = pytest.importorskip("faiss")
-    from tfmarket.search import on_available_gpus
+    from tfmarket.retrieval.search import on_available_gpus
 
     emb = l2_normalize(np.random.default_rng(0).normal(size=(300, 32)).astype(np.float32))
     flat = build_faiss_index(emb, kind="flat")

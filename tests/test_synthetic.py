@@ -14,6 +14,7 @@ from PIL import Image
 
 from tfmarket.attributes import COLUMNS, LOWER_COLORS, NO_COLOR, UPPER_COLORS, columns_to_targets
 from tfmarket.data import synthetic as S
+from tfmarket.data.synthetic import drawing, people, scenes, writer
 
 SMALL = dict(num_train_ids=8, num_test_ids=10, images_per_id=5, num_distractors=4, num_junk=3)
 COURSE_TRAIN = re.compile(r"^(\d{4})_c(\d)_(\d{9})\.jpg$")
@@ -98,7 +99,7 @@ def test_crash_leaves_no_dataset_behind(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(S, "render_person", failing)
+    monkeypatch.setattr(writer, "render_person", failing)  # where write_synthetic finds it
     with pytest.raises(RuntimeError, match="disk full"):
         S.write_synthetic(tmp_path / "data", num_train_ids=3, num_test_ids=3)
     assert list(tmp_path.iterdir()) == []
@@ -222,8 +223,8 @@ def test_market_attribute_mat_matches_the_real_structure(market):
     age = top["train"][0, 0]["age"]
     assert age.shape == (1, 8) and age.dtype == np.uint8
     train, test = top["train"][0, 0], top["test"][0, 0]
-    assert train.dtype.names == (*S.MAT_TRAIN_ORDER, "image_index")
-    assert test.dtype.names == (*S.MAT_TEST_ORDER, "image_index")
+    assert train.dtype.names == (*writer.MAT_TRAIN_ORDER, "image_index")
+    assert test.dtype.names == (*writer.MAT_TEST_ORDER, "image_index")
     assert train.dtype.names != test.dtype.names
     folders = {"train": "bounding_box_train", "test": "bounding_box_test"}
     for split, struct in (("train", train), ("test", test)):
@@ -268,24 +269,24 @@ APPS = [S.identity_appearance(11, pid) for pid in range(1, 81)]
 
 
 def test_palette_defines_every_colour():
-    assert set(UPPER_COLORS) | set(LOWER_COLORS) <= set(S.PALETTE)
-    assert len(set(S.PALETTE.values())) == len(S.PALETTE)
+    assert set(UPPER_COLORS) | set(LOWER_COLORS) <= set(people.PALETTE)
+    assert len(set(people.PALETTE.values())) == len(people.PALETTE)
     for app in APPS:
         if app.upper_color == NO_COLOR:
-            assert app.upper_rgb not in {S.PALETTE[c] for c in UPPER_COLORS}
+            assert app.upper_rgb not in {people.PALETTE[c] for c in UPPER_COLORS}
         if app.lower_color == NO_COLOR:
-            assert app.lower_rgb not in {S.PALETTE[c] for c in LOWER_COLORS}
+            assert app.lower_rgb not in {people.PALETTE[c] for c in LOWER_COLORS}
 
 
 def test_garments_are_drawn_in_their_palette_colour():
     for app in APPS:
         image, labels = _neutral(app)
-        assert (image[labels == S.BACKGROUND] == S.NEUTRAL_BACKGROUND).all()
-        lower = image[labels == S.LOWER]
+        assert (image[labels == drawing.BACKGROUND] == scenes.NEUTRAL_BACKGROUND).all()
+        lower = image[labels == drawing.LOWER]
         assert (lower == app.lower_rgb).all()
         if app.lower_color != NO_COLOR:
-            assert tuple(lower[0]) == S.PALETTE[app.lower_color]
-        upper = image[labels == S.UPPER]
+            assert tuple(lower[0]) == people.PALETTE[app.lower_color]
+        upper = image[labels == drawing.UPPER]
         colours, counts = np.unique(upper, axis=0, return_counts=True)
         if app.upper_bands:  # multicolour: only off-palette band colours
             assert {tuple(int(v) for v in c) for c in colours} == set(app.upper_bands)
@@ -295,7 +296,7 @@ def test_garments_are_drawn_in_their_palette_colour():
         assert main == app.upper_rgb
         assert counts.max() > 0.5 * len(upper)  # a pattern never hides the garment colour
         if app.upper_color != NO_COLOR:
-            assert main == S.PALETTE[app.upper_color]
+            assert main == people.PALETTE[app.upper_color]
 
 
 def test_garment_colour_survives_camera_lighting():
@@ -304,22 +305,22 @@ def test_garment_colour_survives_camera_lighting():
     for k, app in enumerate(plain):
         camera = cameras[k % len(cameras)]
         image, labels = S.render_person(app, camera, np.random.default_rng(k))
-        inner = labels == S.UPPER
+        inner = labels == drawing.UPPER
         inner[1:-1, 1:-1] &= inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
         seen = np.median(image[inner].astype(np.float32), axis=0)
         lit = np.clip(np.asarray(app.upper_rgb) * camera.gain * np.asarray(camera.cast), 0, 255)
         assert np.abs(seen - lit).max() < 0.1 * 255, (app.upper_color, seen, lit)
 
 
-@pytest.mark.parametrize("view", S.VIEWS)
+@pytest.mark.parametrize("view", drawing.VIEWS)
 def test_accessories_are_drawn_iff_annotated(view):
     for app in APPS:
         labels = _neutral(app, view=view).labels
         area = labels.size
-        assert ((labels == S.HAT).sum() > 0.004 * area) == app.hat
-        assert ((labels == S.BACKPACK).sum() > 0.01 * area) == app.backpack
-        assert ((labels == S.BAG).sum() > 0.01 * area) == app.bag
-        assert ((labels == S.HANDBAG).sum() > 0.005 * area) == app.handbag
+        assert ((labels == drawing.HAT).sum() > 0.004 * area) == app.hat
+        assert ((labels == drawing.BACKPACK).sum() > 0.01 * area) == app.backpack
+        assert ((labels == drawing.BAG).sum() > 0.01 * area) == app.bag
+        assert ((labels == drawing.HANDBAG).sum() > 0.005 * area) == app.handbag
 
 
 def test_hat_and_items_are_visible_in_pixels():
@@ -345,23 +346,23 @@ def _toggle(app, **changes):
 def test_lengths_of_sleeves_lower_garment_and_hair_show():
     for app in APPS[:20]:
         short, long_ = _toggle(app, short_sleeves=True)
-        assert (short == S.SKIN).sum() > (long_ == S.SKIN).sum() + 100
+        assert (short == drawing.SKIN).sum() > (long_ == drawing.SKIN).sum() + 100
         short, long_ = _toggle(app, short_lower=True)
-        assert (short == S.LOWER).sum() + 100 < (long_ == S.LOWER).sum()
+        assert (short == drawing.LOWER).sum() + 100 < (long_ == drawing.LOWER).sum()
         long_hair, short_hair = _toggle(app, long_hair=True)
-        head_bottom = np.flatnonzero((short_hair == S.HAIR).any(1)).max()
-        assert (long_hair[head_bottom + 1 :] == S.HAIR).sum() > 30
-        assert (short_hair[head_bottom + 1 :] == S.HAIR).sum() == 0
+        head_bottom = np.flatnonzero((short_hair == drawing.HAIR).any(1)).max()
+        assert (long_hair[head_bottom + 1 :] == drawing.HAIR).sum() > 30
+        assert (short_hair[head_bottom + 1 :] == drawing.HAIR).sum() == 0
 
 
 def test_dress_fills_the_gap_between_the_legs():
     app = dataclasses.replace(APPS[0], short_lower=False, handbag=False, bag=False)
     for dress in (True, False):
         image, labels = _neutral(dataclasses.replace(app, dress=dress))
-        rows = np.flatnonzero((labels == S.LOWER).any(1))
+        rows = np.flatnonzero((labels == drawing.LOWER).any(1))
         knee = rows[0] + int(0.6 * (rows[-1] - rows[0]))
         centre = image.shape[1] // 2
-        expected = app.lower_rgb if dress else S.NEUTRAL_BACKGROUND
+        expected = app.lower_rgb if dress else scenes.NEUTRAL_BACKGROUND
         assert tuple(image[knee, centre]) == expected
 
 
@@ -370,14 +371,15 @@ def test_gender_and_age_cues():
 
     def shoulder_width(a):
         labels = _neutral(a).labels
-        top = np.flatnonzero((labels == S.UPPER).any(1))[0]
-        return (labels[top + 3] == S.UPPER).sum()
+        top = np.flatnonzero((labels == drawing.UPPER).any(1))[0]
+        return (labels[top + 3] == drawing.UPPER).sum()
 
     def height_and_head(a):
         labels = _neutral(dataclasses.replace(a, hat=False)).labels
-        rows = np.flatnonzero((labels != S.BACKGROUND).any(1))
+        rows = np.flatnonzero((labels != drawing.BACKGROUND).any(1))
         head = np.flatnonzero(
-            ((labels == S.HAIR) | (labels == S.SKIN)).any(1) & ~(labels == S.UPPER).any(1)
+            ((labels == drawing.HAIR) | (labels == drawing.SKIN)).any(1)
+            & ~(labels == drawing.UPPER).any(1)
         )
         return rows[-1] - rows[0], (head[head < rows[0] + 40].max() - rows[0])
 
@@ -387,7 +389,7 @@ def test_gender_and_age_cues():
     assert child_h < 0.8 * adult_h
     assert child_head / child_h > 1.2 * adult_head / adult_h
     for a in APPS:
-        assert (a.hair_rgb in S.GREY_HAIR) == (a.age == 3)
+        assert (a.hair_rgb in people.GREY_HAIR) == (a.age == 3)
 
 
 def test_attribute_row_and_priors():

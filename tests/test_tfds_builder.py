@@ -19,7 +19,7 @@ from PIL import Image
 
 from tfmarket.attributes import COLUMNS, LOWER_COLORS, UPPER_COLORS
 from tfmarket.data import tfds_builder
-from tfmarket.data.market1501 import load_dataset
+from tfmarket.data.registry import load_dataset
 from tfmarket.errors import ConfigError, DataError
 
 W, H = 16, 32
@@ -245,7 +245,7 @@ def test_course_without_queries(tmp_path, own_tempdir):
 def test_reid_crops_configs_match_load_dataset(tmp_path, own_tempdir, config):
     """``reid_crops``: the other datasets' readers, with their own attribute schema."""
     from tfmarket.attributes import schema_for_layout
-    from tfmarket.data.synthetic_formats import write_duke, write_msmt17
+    from tfmarket.data.synthetic.formats import write_duke, write_msmt17
 
     manual = tmp_path / "src"
     if config == "dukemtmcreid":

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tfmarket.config import load_config
-from tfmarket.train import run
+from tfmarket.training.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, override, message):
 
 
 def test_lost_worker_message_names_the_worker_and_the_backup_epoch(tmp_path):
-    from tfmarket.multiworker import lost_worker_message
+    from tfmarket.training.multiworker import lost_worker_message
 
     backup = tmp_path / "backup"
     backup.mkdir()
@@ -136,14 +136,14 @@ def test_mixed_float16_trains_with_loss_scaling(tmp_path, course_synth):
     import yaml
 
     from tfmarket.attributes import HEADS
-    from tfmarket.train import _compiled_model
+    from tfmarket.training.build import compiled_model
 
     config = smoke_config(course_synth, "train.epochs=1", "train.precision=mixed_float16")
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         targets = {h: np.array([0, 1, 0], np.int32) for h in HEADS}
-        model = _compiled_model(config, tf.distribute.get_strategy(), 12, targets,
-                                steps_per_epoch=4)
+        model = compiled_model(config, tf.distribute.get_strategy(), 12, targets,
+                               steps_per_epoch=4)
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         assert model.get_layer("tiny_backbone").get_layer("tiny_bn0").compute_dtype == "float16"
     finally:

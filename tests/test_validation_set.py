@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tfmarket.config import load_config
-from tfmarket.data.market1501 import load_dataset
+from tfmarket.data.registry import load_dataset
 from tfmarket.data.split import resolve_validation, validation_split
 from tfmarket.errors import ConfigError
 
@@ -59,7 +59,7 @@ def test_official_training_scores_the_synthetic_query_gallery(tmp_path, market_s
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from tfmarket.calibrate import main as calibrate_main
-    from tfmarket.train import run
+    from tfmarket.training.run import run
 
     workdir = tmp_path / "run"
     metrics = run(smoke(market_synth, "train.epochs=1"), workdir)
@@ -84,7 +84,7 @@ def test_official_training_scores_the_synthetic_query_gallery(tmp_path, market_s
 
 
 def test_holdout_training_is_as_before(tmp_path, market_synth):
-    from tfmarket.train import run
+    from tfmarket.training.run import run
 
     metrics = run(smoke(market_synth, "train.epochs=1", "data.validation=holdout"),
                   tmp_path / "run")
@@ -98,7 +98,7 @@ def test_holdout_training_is_as_before(tmp_path, market_synth):
 def test_none_keeps_no_best_model_and_export_says_it_took_the_final_one(tmp_path, course_synth,
                                                                         capsys):
     from tfmarket.export import main as export_main
-    from tfmarket.train import run
+    from tfmarket.training.run import run
 
     workdir = tmp_path / "run"
     metrics = run(smoke(course_synth, "train.epochs=1", "data.validation=none"), workdir)

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 
-from tfmarket.visualize import BORDER, COLORS, grid_size, grid_slot_box, write_ranking_report
+from tfmarket.serving.report import BORDER, COLORS, grid_size, grid_slot_box, write_ranking_report
 
 ODD_NAME = "0002_c2s1_a&b<x>\"q.jpg"  # needs escaping in HTML text and attributes
 

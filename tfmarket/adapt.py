@@ -6,9 +6,9 @@
 Clustering-based unsupervised domain adaptation (as SpCL / Cluster Contrast), in rounds:
 
 1. embed every crop with the current model (the shared ``tfmarket.preprocess`` path, batched);
-2. k-reciprocal distances among the crops (``tfmarket.rerank.k_reciprocal_neighbours``;
+2. k-reciprocal distances among the crops (``tfmarket.retrieval.rerank.k_reciprocal_neighbours``;
    Jaccard distance by default, ``adapt.k1``, ``adapt.k2``, ``adapt.lambda_value``);
-3. DBSCAN on them (``tfmarket.cluster.dbscan``, ``adapt.eps`` or ``adapt.eps_quantile``,
+3. DBSCAN on them (``tfmarket.retrieval.cluster.dbscan``, ``adapt.eps`` or ``adapt.eps_quantile``,
    ``adapt.min_samples``); outliers, and clusters over ``adapt.max_cluster_size`` crops, are
    dropped; each cluster becomes a pseudo-identity;
 4. fine-tune for ``adapt.epochs_per_round`` x ``adapt.steps_per_epoch`` steps on P x K batches
@@ -18,7 +18,7 @@ Clustering-based unsupervised domain adaptation (as SpCL / Cluster Contrast), in
    images keep the source run's losses (its ID classifier, unchanged in shape; triplet;
    attributes). Pseudo-labelled images get the triplet loss (identities numbered after the
    labelled ones) and a cluster loss: softmax over cosine similarity to one prototype per
-   cluster (``tfmarket.layers.ClusterPrototypes``, started at the cluster's mean embedding,
+   cluster (``tfmarket.model.layers.ClusterPrototypes``, started at the cluster's mean embedding,
    ``adapt.temperature``, weight ``adapt.cluster_weight``), the prototype form of Cluster
    Contrast's memory. The saved models (``best.keras`` included) have the source
    architecture: the "cluster" output exists only while a round trains.
@@ -51,11 +51,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tfmarket.adapt_plan import DONE_MARKER, Plan, prepare
-from tfmarket.adapt_rounds import run
 from tfmarket.errors import TfmarketError
-
-__all__ = ["Plan", "build_parser", "main", "prepare", "run"]
+from tfmarket.training.adapt_plan import DONE_MARKER, prepare
+from tfmarket.training.adapt_rounds import run
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -181,7 +181,7 @@ class Config:
     adapt: AdaptConfig = AdaptConfig()
 
 
-# data.dataset / data.layout: "auto" or a dataset name (= tfmarket.data.market1501.LAYOUTS,
+# data.dataset / data.layout: "auto" or a dataset name (= tfmarket.data.registry.LAYOUTS,
 # spelled out so that loading a config imports no dataset code).
 DATASETS = ("auto", "market1501", "course", "dukemtmcreid", "msmt17", "cuhk03", "cuhk03-labeled",
             "cuhk03-detected", "custom")

@@ -1,7 +1,7 @@
 """The one preprocessing path shared by training, export and ranking (no train/serve skew).
 
 bytes --decode_image--> uint8 [h, w, 3] --resize_image--> uint8 [H, W, 3]
-      --(inside the model: ``tfmarket.layers.Normalize``)--> float [H, W, 3] normalised.
+      --(inside the model: ``tfmarket.model.layers.Normalize``)--> float [H, W, 3] normalised.
 
 Training feeds the model float32 pixel values in [0, 255]; the exported serving graph takes
 uint8 [B, H, W, 3] and casts; both then go through the same ``Normalize`` layer in the model.

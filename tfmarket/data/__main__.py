@@ -18,13 +18,13 @@ import json
 import sys
 
 from tfmarket.allocator import tune_malloc
-from tfmarket.data.domains import DEFAULT_DOMAIN, DOMAINS
+from tfmarket.data.synthetic.domains import DEFAULT_DOMAIN, DOMAINS
 from tfmarket.errors import TfmarketError
 
 
 def _summary(args) -> int:
     from tfmarket.data.check import find_unreadable
-    from tfmarket.data.market1501 import load_dataset
+    from tfmarket.data.registry import load_dataset
     from tfmarket.data.summary import dataset_summary, format_summary
 
     dataset = load_dataset(args.root, args.dataset)

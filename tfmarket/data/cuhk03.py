@@ -33,7 +33,7 @@ import numpy as np
 
 from tfmarket.attributes import NO_ATTRIBUTES
 from tfmarket.data.filenames import parse_cuhk03
-from tfmarket.data.market1501 import Records, ReidDataset, make_records
+from tfmarket.data.records import Records, ReidDataset, make_records
 from tfmarket.errors import DataError
 
 VARIANTS = ("labeled", "detected")

@@ -19,8 +19,8 @@ integer camera (any numbering, >= 0), or ``-1``/missing for unknown.
 
 How evaluation treats unknown cameras: the Market-1501 protocol discards, for each query, the
 gallery images of the same identity *from the same camera*; a pair in which either camera is
-``-1`` never counts as "same camera" (:mod:`tfmarket.metrics`), so with no cameras at all every
-gallery image of the query's identity is a true match. Give cameras where you know them: a
+``-1`` never counts as "same camera" (:mod:`tfmarket.retrieval.metrics`), so with no cameras at
+all every gallery image of the query's identity is a true match. Give cameras where you know them: a
 gallery shot from the query's own camera (often the next frames of the same track) makes
 retrieval look easier than it is.
 """
@@ -32,7 +32,7 @@ from pathlib import Path
 from tfmarket.attributes import NO_ATTRIBUTES
 from tfmarket.data.filenames import DISTRACTOR_ID, JUNK_ID, list_images
 from tfmarket.data.listfile import ListEntry, parse_int, read_list, require_files
-from tfmarket.data.market1501 import Records, ReidDataset, make_records
+from tfmarket.data.records import Records, ReidDataset, make_records
 from tfmarket.errors import DataError
 
 SPLITS = ("train", "query", "gallery")

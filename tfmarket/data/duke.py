@@ -24,12 +24,8 @@ import numpy as np
 
 from tfmarket.attributes import DUKE, DUKE_COLUMNS
 from tfmarket.data.filenames import list_images, parse_duke
-from tfmarket.data.market1501 import (
-    ORIGINAL_DIRS,
-    ReidDataset,
-    make_records,
-    read_attribute_tables,
-)
+from tfmarket.data.market1501 import ORIGINAL_DIRS, read_attribute_tables
+from tfmarket.data.records import ReidDataset, make_records
 from tfmarket.errors import DataError
 
 # The 23 attribute fields of duke_attribute.mat (https://github.com/vana77/DukeMTMC-attribute),

@@ -1,10 +1,5 @@
-"""Readers for the two Market-1501 layouts, and the entry point for every dataset.
-
-:func:`load_dataset` reads any supported dataset folder into a :class:`ReidDataset` of
-:class:`Records`; :func:`detect_layout` recognises which one a folder holds. The Market-1501
-layouts are read here; the others in their own modules (``tfmarket.data.duke``,
-``tfmarket.data.msmt17``, ``tfmarket.data.cuhk03``, ``tfmarket.data.custom``; see
-``docs/datasets.md``).
+"""Readers for the two Market-1501 layouts (the other datasets have their own modules; all of
+them are reached by name through :func:`tfmarket.data.registry.load_dataset`).
 
 Original layout (Zheng et al. 2015)::
 
@@ -23,260 +18,23 @@ annotation file, distractors, unlabelled splits).
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
 
-from tfmarket.attributes import COLUMNS, MARKET, AttributeSchema, columns_to_targets
+from tfmarket.attributes import COLUMNS, columns_to_targets
 from tfmarket.data.filenames import (
     DISTRACTOR_ID,
-    IMAGE_SUFFIXES,
     JUNK_ID,
-    is_duke_name,
     list_images,
     parse_course_train,
     parse_original,
 )
+from tfmarket.data.records import Records, ReidDataset, make_records
 from tfmarket.errors import DataError
 
-# Dataset (layout) names accepted by load_dataset, besides "auto". "cuhk03" is the labeled
-# variant; "market1501" and "course" are the two Market-1501 layouts.
-LAYOUTS = (
-    "market1501",
-    "course",
-    "dukemtmcreid",
-    "msmt17",
-    "cuhk03",
-    "cuhk03-labeled",
-    "cuhk03-detected",
-    "custom",
-)
 ORIGINAL_DIRS = ("bounding_box_train", "bounding_box_test", "query")
-_COURSE_DIRS = ("train", "test", "queries")
 UNLABELLED = -1
-
-
-@dataclasses.dataclass
-class Records:
-    """One split: parallel arrays, one entry per image.
-
-    Attributes:
-        paths: list[str] [N] absolute image paths.
-        pids: int64 [N] dataset identity (0 = distractor; -1 where unlabelled).
-        cams: int64 [N] camera number (-1 where unknown).
-        attributes: int64 [N, len(schema.columns)] the dataset's attributes in its file encoding
-            (Market-1501: [N, 27], 1 = no, 2 = yes, age 1-4; DukeMTMC-reID: [N, 23]); 0 =
-            unknown; [N, 0] for a dataset without attributes.
-        labelled: whether pids/cams are real labels.
-        schema: the dataset's attribute schema (:mod:`tfmarket.attributes`): the columns of
-            ``attributes`` and the model heads they train.
-    """
-
-    paths: list[str]
-    pids: np.ndarray
-    cams: np.ndarray
-    attributes: np.ndarray
-    labelled: bool = True
-    schema: AttributeSchema = MARKET
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def subset(self, mask_or_index: np.ndarray) -> Records:
-        idx = np.asarray(mask_or_index)
-        if idx.dtype == bool:
-            idx = np.flatnonzero(idx)
-        return Records(
-            [self.paths[i] for i in idx],
-            self.pids[idx],
-            self.cams[idx],
-            self.attributes[idx],
-            self.labelled,
-            self.schema,
-        )
-
-    @property
-    def attribute_names(self) -> tuple[str, ...]:
-        """The columns of ``attributes`` (the schema's file columns)."""
-        return self.schema.columns
-
-    @property
-    def has_attributes(self) -> np.ndarray:
-        """bool [N]: the image's identity has attribute annotations (never, without columns)."""
-        if self.attributes.shape[1] == 0:
-            return np.zeros(len(self), dtype=bool)
-        return (self.attributes > 0).all(axis=1)
-
-
-def concat_records(parts: list[Records], schema: AttributeSchema) -> Records:
-    """The images of several splits in one, with ``schema``'s columns: a part in another schema
-    contributes its images with every attribute unknown (0)."""
-    width = len(schema.columns)
-    attributes = [p.attributes if p.schema == schema
-                  else np.zeros((len(p), width), np.int64) for p in parts]
-    return Records(
-        [path for p in parts for path in p.paths],
-        np.concatenate([p.pids for p in parts]).astype(np.int64),
-        np.concatenate([p.cams for p in parts]).astype(np.int64),
-        np.concatenate(attributes).reshape(-1, width).astype(np.int64),
-        all(p.labelled for p in parts),
-        schema,
-    )
-
-
-@dataclasses.dataclass
-class ReidDataset:
-    """A whole dataset: training images plus a query/gallery evaluation pair.
-
-    Attributes:
-        layout: the dataset name (one of :data:`LAYOUTS`; ``cuhk03`` for both CUHK03 variants).
-        variant: ``V1``/``V2`` (MSMT17), ``labeled``/``detected`` (CUHK03), else "".
-        sources: where each split comes from (folder or list file), for summaries; None = the
-            Market-1501 folder names.
-    """
-
-    layout: str
-    root: Path
-    train: Records
-    query: Records
-    gallery: Records
-    variant: str = ""
-    sources: dict[str, str] | None = None
-
-    def splits(self) -> dict[str, Records]:
-        return {"train": self.train, "query": self.query, "gallery": self.gallery}
-
-    @property
-    def schema(self) -> AttributeSchema:
-        """The dataset's attribute schema (every split has the same)."""
-        return self.train.schema
-
-
-def make_records(paths, pids, cams, attributes=None, labelled=True,
-                 schema: AttributeSchema = MARKET) -> Records:
-    """Records from lists; ``attributes=None`` = every attribute of ``schema`` unknown (0)."""
-    n = len(paths)
-    width = len(schema.columns)
-    if attributes is None:
-        attributes = np.zeros((n, width), dtype=np.int64)
-    return Records(
-        [str(p) for p in paths],
-        np.asarray(pids, dtype=np.int64).reshape(n),
-        np.asarray(cams, dtype=np.int64).reshape(n),
-        np.asarray(attributes, dtype=np.int64).reshape(n, width),
-        labelled,
-        schema,
-    )
-
-
-def _first_image_name(folder: Path) -> str:
-    """Name of the first image (sorted) in a folder, "" if none."""
-    names = sorted(
-        e.name for e in os.scandir(folder)
-        if e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES
-    )
-    return names[0] if names else ""
-
-
-def detect_layout(root: str | Path) -> str:
-    """The dataset a folder holds (a :data:`LAYOUTS` name); DataError naming what is missing.
-
-    Market-1501's original layout and DukeMTMC-reID share their folder names
-    (``bounding_box_train/``, ``bounding_box_test/``, ``query/``); the file names tell them apart
-    (``0002_c1s1_000451_03.jpg`` vs ``0001_c2_f0046182.jpg``; the folder's name decides only
-    when ``bounding_box_train/`` has no image). A folder whose names follow neither is read as
-    Market-1501, whose reader then names the first bad file.
-    """
-    from tfmarket.data.cuhk03 import detect_cuhk03
-    from tfmarket.data.custom import is_custom
-    from tfmarket.data.msmt17 import is_msmt17
-
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset folder not found")
-    if all((root / d).is_dir() for d in ORIGINAL_DIRS):
-        first = _first_image_name(root / "bounding_box_train")
-        if is_duke_name(first) or (not first and "duke" in root.name.lower()):
-            return "dukemtmcreid"
-        return "market1501"
-    if (root / "train").is_dir() and (root / "annotations_train.csv").is_file():
-        return "course"
-    if is_msmt17(root):
-        return "msmt17"
-    cuhk03 = detect_cuhk03(root)
-    if cuhk03:
-        return cuhk03
-    if is_custom(root):
-        return "custom"
-    found = sorted(p.name for p in root.iterdir())[:10]
-    raise DataError(
-        f"{root}: not a Market-1501 folder nor any other dataset tfmarket reads. Expected "
-        f"{', '.join(ORIGINAL_DIRS)} (Market-1501 original or DukeMTMC-reID), train/ + "
-        "annotations_train.csv (Market-1501 course), list_train.txt + list_query.txt + "
-        "list_gallery.txt (MSMT17), cuhk03_new_protocol_config_*.mat + images_labeled/ or "
-        "images_detected/ (CUHK03), or train.csv / train.txt / train/<identity>/ (custom; see "
-        f"docs/datasets.md); found: {', '.join(found) or 'nothing'}{_subfolder_hint(root)}"
-    )
-
-
-def _subfolder_hint(root: Path) -> str:
-    """A "did you mean ROOT/X?" suffix when a subfolder looks like a dataset (an archive's top
-    folder, e.g. DukeMTMC-reID/ or MSMT17_V2/), else an empty string."""
-    markers = ("bounding_box_train", "annotations_train.csv", "list_train.txt",
-               "cuhk03_new_protocol_config_labeled.mat", "train.csv")
-    try:
-        subfolders = sorted(p for p in root.iterdir() if p.is_dir())[:50]
-    except OSError:
-        return ""
-    for sub in subfolders:
-        if any((sub / m).exists() for m in markers):
-            return f" -- did you mean {sub}?"
-    return ""
-
-
-def load_dataset(root: str | Path, layout: str = "auto") -> ReidDataset:
-    """Reads a dataset folder (``layout="auto"`` detects which dataset it holds).
-
-    Args:
-        root: the dataset folder (see ``docs/datasets.md`` for each dataset's layout).
-        layout: ``"auto"`` or a dataset name from :data:`LAYOUTS` (``cuhk03`` = labeled).
-
-    Raises:
-        DataError: unknown name (the message lists the valid ones), or a missing/malformed file.
-    """
-    if layout not in ("auto", *LAYOUTS):
-        raise DataError(
-            f"unknown dataset (layout) {layout!r}; valid names: auto, {', '.join(LAYOUTS)}"
-        )
-    root = Path(root).expanduser().resolve()
-    if layout == "auto":
-        layout = detect_layout(root)
-    elif not root.is_dir():
-        raise DataError(f"{root}: dataset folder not found")
-    if layout == "market1501":
-        return load_original(root)
-    if layout == "course":
-        return load_course(root)
-    if layout == "dukemtmcreid":
-        from tfmarket.data.duke import load_duke
-
-        return load_duke(root)
-    if layout == "msmt17":
-        from tfmarket.data.msmt17 import load_msmt17
-
-        return load_msmt17(root)
-    if layout.startswith("cuhk03"):
-        from tfmarket.data.cuhk03 import load_cuhk03
-
-        return load_cuhk03(root, "detected" if layout == "cuhk03-detected" else "labeled")
-    from tfmarket.data.custom import load_custom
-
-    return load_custom(root)
-
-
-# --- original layout -------------------------------------------------------------------------
 
 
 def read_attribute_mat(path: str | Path) -> dict[str, dict[int, np.ndarray]]:
@@ -382,9 +140,6 @@ def load_original(root: Path) -> ReidDataset:
     gallery = _read_original_split(root / "bounding_box_test", tables and tables["test"], False)
     query = _read_original_split(root / "query", tables and tables["test"], False)
     return ReidDataset("market1501", root, train, query, gallery)
-
-
-# --- course layout ---------------------------------------------------------------------------
 
 
 def read_annotations_csv(path: str | Path) -> dict[int, np.ndarray]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from tfmarket.attributes import NO_ATTRIBUTES
 from tfmarket.data.filenames import msmt17_camera
 from tfmarket.data.listfile import parse_int, read_list, require_files
-from tfmarket.data.market1501 import Records, ReidDataset, make_records
+from tfmarket.data.records import Records, ReidDataset, make_records
 from tfmarket.errors import DataError
 
 # version -> (training image folder, test image folder)

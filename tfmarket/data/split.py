@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmarket.data.market1501 import Records, ReidDataset
+from tfmarket.data.records import Records, ReidDataset
 from tfmarket.errors import ConfigError, DataError
 
 # What ``data.validation`` may resolve to (see :func:`resolve_validation`).
@@ -115,8 +115,8 @@ def validation_split(dataset: ReidDataset, validation: str, num_val_ids: int,
     ``holdout`` carves ``num_val_ids`` identities (0 = :func:`default_val_ids`) out of the
     training set (:func:`split_validation`); ``official`` trains on every training identity and
     scores the dataset's query against its gallery (distractors and same-camera matches are
-    handled by the Market-1501 protocol in ``tfmarket.metrics``); ``none`` trains on everything
-    and validates on nothing (empty query and gallery).
+    handled by the Market-1501 protocol in ``tfmarket.retrieval.metrics``); ``none`` trains on
+    everything and validates on nothing (empty query and gallery).
     """
     train = dataset.train
     if validation == "official":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfmarket.attributes import AttributeSchema
-from tfmarket.data.market1501 import Records, ReidDataset
+from tfmarket.data.records import Records, ReidDataset
 
 
 def split_summary(records: Records) -> dict:

@@ -2,7 +2,7 @@
 (DukeMTMC-reID, MSMT17, CUHK03, your own crops), all from a manual download.
 
 The builder does not download anything: point it at the extracted folder, and it reads it with
-this project's own readers (:func:`tfmarket.data.market1501.load_dataset`), so the TFDS splits
+this project's own readers (:func:`tfmarket.data.registry.load_dataset`), so the TFDS splits
 hold exactly the records (identities, cameras, attributes, junk/distractor handling) that the
 rest of ``tfmarket`` sees. Two configs:
 
@@ -19,7 +19,7 @@ schema is in the metadata as ``attribute_schema``); datasets without attributes 
 
 Each split keeps :func:`load_dataset`'s order (sorted file names, or the list files' order), so
 example ``i`` of a split is record ``i`` of the matching
-:class:`~tfmarket.data.market1501.Records`.
+:class:`~tfmarket.data.records.Records`.
 
 Usage::
 
@@ -44,7 +44,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from tfmarket.attributes import COLUMNS, schema_for_layout
-from tfmarket.data.market1501 import Records, load_dataset
+from tfmarket.data.records import Records
+from tfmarket.data.registry import load_dataset
 from tfmarket.errors import ConfigError, DataError
 
 __all__ = ["CONFIGS", "REID_CONFIGS", "Market1501", "Market1501Config", "ReidCrops", "build"]

@@ -1,0 +1,18 @@
+"""Using a trained model: export it, run the exported model, and turn its outputs into files.
+
+* ``export``: a run -> SavedModel + ONNX (+ int8) with a model card and a parity check.
+* ``predictor``: the Python API (``tfmarket.load``): an export with its card and rules,
+  ``predict`` and ``search``; ``rank`` runs through it.
+* ``embed``: the onnxruntime embedder (the shared preprocessing, flip test).
+* ``quantize``: int8 ONNX (static QDQ and dynamic).
+* ``ranking``: ``rank``'s whole job (inputs, ranking, files, metrics, report).
+* ``calibration``: choosing an export's attribute and retrieval rules on validation.
+* ``store``: the embedding store of ``gallery`` (shards, merge, filtered search).
+* ``submission``, ``report``, ``npzfile``: the submission files, the HTML ranked-list report,
+  and reproducible ``.npz`` files.
+
+May import: the foundations, ``tfmarket.data``, ``tfmarket.retrieval``, and (to export or
+calibrate a run) ``tfmarket.model`` and ``tfmarket.training``; never a command. Ranking an
+exported model needs no Keras: ``embed`` uses onnxruntime, and TensorFlow only to decode
+images the shared way.
+"""

@@ -1,0 +1,210 @@
+"""The embedding store of ``python -m tfmarket.gallery``: embed (a shard of) a folder with an
+exported model, save, load and merge stores, filter by predicted attributes, and search a store
+for query images (exactly or with a faiss index).
+
+A store (``.npz``) holds ``files`` [N], ``embedding`` float32 [N, D] (L2-normalised),
+``attributes`` int [N, C] (predicted, annotation encoding), ``attribute_columns`` [C] (their
+names: the model card's attribute schema, Market-1501's 27 or DukeMTMC-reID's 23; stores
+without it are Market-1501's), ``prob_<head>`` and the model's name; shards are contiguous
+blocks of the sorted file list, so merging restores that order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tfmarket.errors import DataError, TfmarketError
+from tfmarket.serving.npzfile import save_npz
+
+STORE_KEYS = ("files", "embedding", "attributes")
+# Keys that hold one value for the whole store (equal in every shard), not one per image.
+STORE_CONSTANTS = ("model", "attribute_columns")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/4"`` -> (2, 4), with 0 <= index < count."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise TfmarketError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= index < count:
+        raise TfmarketError(f"--shard {text}: need 0 <= I < N")
+    return index, count
+
+
+def shard_files(paths: list[str], index: int, count: int) -> list[str]:
+    """The ``index``-th of ``count`` contiguous blocks of the sorted paths."""
+    ordered = sorted(str(p) for p in paths)
+    blocks = np.array_split(np.arange(len(ordered)), count)
+    return [ordered[i] for i in blocks[index]]
+
+
+def embed_store(model_path: str, paths: list[str], batch_size: int = 64) -> dict:
+    """Embeds image files with an exported ONNX model -> a store dict."""
+    from tfmarket.data.check import require_readable
+    from tfmarket.serving.embed import OnnxEmbedder
+
+    require_readable(paths)
+    embedder = OnnxEmbedder(model_path)
+    schema = embedder.schema
+    out = embedder.embed_files(paths, batch_size)
+    heads = schema.head_sizes
+    columns = (schema.predicted_columns({h: out[h] for h in heads}) if heads
+               else np.ones((len(paths), 0), np.int64))
+    return {
+        "files": np.array([str(p) for p in paths]),
+        "embedding": out["embedding"].astype(np.float32),
+        "attributes": columns.astype(np.int8),
+        "attribute_columns": np.array(schema.columns, dtype=str),
+        "model": np.array(str(Path(model_path).resolve())),
+        **{f"prob_{h}": out[h] for h in heads},
+    }
+
+
+def save_store(store: dict, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    save_npz(tmp, **store)
+    tmp.replace(path)
+
+
+def load_store(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            store = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable embedding store ({exc})") from None
+    missing = [k for k in STORE_KEYS if k not in store]
+    if missing:
+        raise DataError(f"{path}: not an embedding store (missing {', '.join(missing)})")
+    return store
+
+
+def merge_stores(stores: list[dict], names: list[str] | None = None) -> dict:
+    """Concatenates shard stores (same model and width, no file twice), sorted by file."""
+    names = names or [f"store {i}" for i in range(len(stores))]
+    if not stores:
+        raise TfmarketError("nothing to merge")
+    first = stores[0]
+    for store, name in zip(stores[1:], names[1:], strict=True):
+        if str(store.get("model")) != str(first.get("model")):
+            raise DataError(f"{name}: embedded with a different model than {names[0]}")
+        if store_columns(store) != store_columns(first):
+            raise DataError(f"{name}: holds other attribute columns than {names[0]}")
+        if store["embedding"].shape[1] != first["embedding"].shape[1]:
+            raise DataError(f"{name}: embedding width differs from {names[0]}")
+        if set(store) != set(first):
+            raise DataError(f"{name}: holds different fields than {names[0]}")
+    merged = {k: np.concatenate([s[k] for s in stores]) for k in first
+              if k not in STORE_CONSTANTS}
+    files, counts = np.unique(merged["files"], return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"{files[counts > 1][0]} appears in more than one shard")
+    order = np.argsort(merged["files"], kind="stable")
+    return {**{k: v[order] for k, v in merged.items()},
+            **{k: first[k] for k in STORE_CONSTANTS if k in first}}
+
+
+def store_columns(store: dict) -> tuple[str, ...]:
+    """The names of a store's ``attributes`` columns (Market-1501's for stores written before
+    attribute schemas)."""
+    from tfmarket.attributes import COLUMNS
+
+    if "attribute_columns" in store:
+        return tuple(str(c) for c in np.asarray(store["attribute_columns"]).reshape(-1))
+    return COLUMNS
+
+
+def parse_filter(text: str, columns: tuple[str, ...] | None = None) -> list[tuple[int, int]]:
+    """``"upred, backpack, age=3"`` -> [(column index, required value)] in file encoding.
+
+    A bare name means "yes" (2); ``name=V`` gives the value (age 1-4, others 1/2).
+    ``columns``: the store's attribute columns (default Market-1501's).
+    """
+    from tfmarket.attributes import COLUMNS
+
+    names = COLUMNS if columns is None else tuple(columns)
+    if not names:
+        raise TfmarketError("--where: the store's model has no attribute heads (re-ID only)")
+    conditions = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in names:
+            raise TfmarketError(
+                f"unknown attribute {name!r} in filter; valid: {', '.join(names)}")
+        conditions.append((names.index(name), int(value) if value else 2))
+    return conditions
+
+
+def filter_ids(attributes: np.ndarray, conditions: list[tuple[int, int]]) -> np.ndarray:
+    """int64 ids of the rows of ``attributes`` [N, C] meeting every condition."""
+    keep = np.ones(len(attributes), dtype=bool)
+    for column, value in conditions:
+        keep &= attributes[:, column] == value
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+def search_store(model: str | Path, store_path: str | Path, query: str | Path, *,
+                 index_path: str | Path | None = None, where: str | None = None,
+                 topk: int = 20, exact_filtered_below: int = 50_000,
+                 batch_size: int = 64) -> tuple[dict, dict]:
+    """Ranks a store's images for each image of the ``query`` folder, optionally only those
+    whose attributes meet ``where`` (:func:`parse_filter`), by exact cosine search or the faiss
+    index at ``index_path`` (exactly over the allowed images when at most
+    ``exact_filtered_below`` match).
+
+    Returns:
+        ({query file name: [{"file", "distance"}, ...] best first}, {"queries", "search",
+        "search_device", "candidates"}).
+    """
+    from tfmarket.data.filenames import list_images
+    from tfmarket.retrieval.search import cosine_topk, faiss_topk, on_available_gpus
+    from tfmarket.serving.embed import OnnxEmbedder
+
+    store = load_store(store_path)
+    queries = [str(p) for p in list_images(query)]
+    q_emb = OnnxEmbedder(model).embed_files(queries, batch_size)["embedding"]
+    allowed = (filter_ids(store["attributes"], parse_filter(where, store_columns(store)))
+               if where else None)
+    if allowed is not None and len(allowed) == 0:
+        raise TfmarketError(f"no gallery image matches --where {where!r}")
+    subset = np.arange(len(store["files"])) if allowed is None else allowed
+    device, method = "cpu", "exact"
+    if index_path and (allowed is None or len(allowed) > exact_filtered_below):
+        import faiss
+
+        index = faiss.read_index(str(index_path))
+        if index.ntotal != len(store["files"]):
+            raise DataError(f"{index_path}: holds {index.ntotal} vectors, the store "
+                            f"{len(store['files'])}: built from another store?")
+        index, device = on_available_gpus(index, filtered=allowed is not None)
+        indices, distances = faiss_topk(index, q_emb, topk, allowed=allowed)
+        method = "faiss"
+        # An IVF search only sees its nprobe cells: with a selective filter they can hold fewer
+        # than topk allowed images. Those queries are answered exactly over the allowed set.
+        short = np.flatnonzero((indices < 0).any(axis=1)) if allowed is not None else []
+        if len(short) and len(allowed) > (indices[short] >= 0).sum(axis=1).min():
+            local, dist = cosine_topk(q_emb[short], store["embedding"][subset], topk)
+            width = local.shape[1]
+            indices[short] = -1
+            distances[short] = np.inf
+            indices[short, :width], distances[short, :width] = subset[local], dist
+            method = f"faiss, exact over the filtered images for {len(short)} queries"
+    else:
+        local, distances = cosine_topk(q_emb, store["embedding"][subset], topk)
+        indices = subset[local]
+    results = {
+        Path(q).name: [
+            {"file": str(store["files"][i]), "distance": round(float(d), 6)}
+            for i, d in zip(row, dist, strict=True) if i >= 0
+        ]
+        for q, row, dist in zip(queries, indices, distances, strict=True)
+    }
+    return results, {"queries": len(queries), "search": method, "search_device": device,
+                     "candidates": int(len(store["files"]) if allowed is None else len(allowed))}
