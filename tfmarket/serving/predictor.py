@@ -310,6 +310,7 @@ class ExportedModel:
             files = None
         else:
             files = self._files(images)
+            _tensorflow_quietly()  # files are decoded with TensorFlow's ops, as in training
             if check_files:
                 from tfmarket.data.check import require_readable
 
@@ -335,6 +336,8 @@ class ExportedModel:
                                 f"{images.dtype} {list(images.shape)}")
         if images.shape[1:3] != (self.height, self.width):
             from tfmarket.preprocess import resize_image
+
+            _tensorflow_quietly()
 
             images = np.stack([resize_image(image, self.height, self.width).numpy()
                                for image in images]) if len(images) else np.zeros(
@@ -463,3 +466,11 @@ def load(path: str | Path, *, int8: bool = False, flip_test: bool = False, threa
     """
     return ExportedModel(model_file(path, int8), flip_test=flip_test, threads=threads,
                          attribute_rule=attribute_rule, retrieval=retrieval)
+
+
+def _tensorflow_quietly() -> None:
+    """Imports TensorFlow as the commands do (its start-up log lines dropped, malloc and oneDNN
+    set first, :func:`tfmarket.console.quiet_tensorflow`); a no-op once it is imported."""
+    from tfmarket.console import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
