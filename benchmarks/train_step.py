@@ -486,16 +486,12 @@ def child_main(args) -> int:
     """Worker side of :class:`Worker`: build, warm up, then answer run/profile/quit lines."""
     import resource
 
-    from tfmarket.allocator import tune_malloc
+    from tfmarket.console import quiet_tensorflow
 
     spec = json.loads(args.child)
-    tune_malloc()  # before TensorFlow / PyTorch allocate; TFMARKET_MALLOC=default skips it
-    if spec["framework"] == "tfmarket":
-        from tfmarket.hardware import ONEDNN_ENV, choose_onednn, cpu_flags
-
-        onednn, _ = choose_onednn(cpu_flags(), dict(os.environ))
-        if onednn is not None:  # what every command does before importing TensorFlow
-            os.environ[ONEDNN_ENV] = onednn
+    # What every command does before TensorFlow / PyTorch allocate: malloc tuned (unless the
+    # row set TFMARKET_MALLOC=default) and oneDNN chosen (unless the row set it).
+    quiet_tensorflow()
     if spec["framework"] == "pytorch":
         make = torch_trainer
     else:
