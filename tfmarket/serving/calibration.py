@@ -47,7 +47,7 @@ def calibrate(workdir: str | Path, model: str | Path | None = None, *, flip_test
         pick,
         save_rule,
     )
-    from tfmarket.serving.embed import OnnxEmbedder
+    from tfmarket.serving.embed import open_embedder
     from tfmarket.training.data import load_training_data
 
     workdir = Path(workdir)
@@ -66,7 +66,7 @@ def calibrate(workdir: str | Path, model: str | Path | None = None, *, flip_test
         config.data, validation="holdout")
     data = load_training_data(data_cfg, workdir)
     pool = [data.val_query, data.val_gallery]
-    embedder = OnnxEmbedder(model, threads=threads, flip_test=flip_test)
+    embedder = open_embedder(model, threads=threads, flip_test=flip_test)
     schema = embedder.schema
     if schema != data.schema:
         raise TfmarketError(

@@ -1,7 +1,10 @@
-"""Embedding image files with an exported ONNX model in onnxruntime.
+"""Embedding image files with an exported model, in whichever runtime serves it.
 
 Images are decoded and resized by the shared ``tfmarket.preprocess`` ops (the same ones training
 used), batched, and fed as uint8 to the graph, which does the normalisation itself.
+:func:`open_embedder` picks the runtime; every runtime's embedder shares the batching, the
+flip test and the attribute schema of :class:`Embedder`, so they differ only in the call that
+runs one batch.
 """
 
 from __future__ import annotations
@@ -13,51 +16,47 @@ import numpy as np
 
 from tfmarket.errors import TfmarketError
 
+RUNTIMES = ("auto", "onnxruntime")  # --runtime choices; "auto" goes by the file's extension
 
-class OnnxEmbedder:
-    """An onnxruntime session over an exported tfmarket model.
 
-    Uses the CUDA execution provider when onnxruntime-gpu provides it, else the CPU.
+def open_embedder(model_path: str | Path, runtime: str = "auto", threads: int = 0,
+                  flip_test: bool = False) -> Embedder:
+    """The embedder of an exported model file in ``runtime`` (``auto``: by its extension)."""
+    path = Path(model_path)
+    if runtime not in RUNTIMES:
+        raise TfmarketError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    if runtime in ("auto", "onnxruntime"):
+        return OnnxEmbedder(path, threads=threads, flip_test=flip_test)
+    raise AssertionError(runtime)  # pragma: no cover - every RUNTIMES entry is handled above
+
+
+class Embedder:
+    """What every runtime's embedder shares. A subclass sets ``path``, ``height``, ``width``,
+    ``output_names``, ``providers`` (what runs it, for reports) and implements
+    :meth:`_infer`, then calls :meth:`_read_card`.
+
     ``flip_test``: every image also runs mirrored left-right; the two embeddings are averaged
     and re-normalised, the attribute probabilities averaged (twice the compute; the usual
     re-ID test-time augmentation, as FastReID's ``TEST.FLIP``).
     """
 
-    def __init__(self, model_path: str | Path, threads: int = 0, flip_test: bool = False):
-        import onnxruntime as ort
+    path: Path
+    height: int
+    width: int
+    output_names: list[str]
+    providers: list[str]
 
+    def __init__(self, flip_test: bool = False):
         self.flip_test = bool(flip_test)
-        self.path = Path(model_path)
-        if not self.path.is_file():
-            raise TfmarketError(f"{self.path}: model file not found")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        available = ort.get_available_providers()
-        if "CUDAExecutionProvider" in available and hasattr(ort, "preload_dlls"):
-            # onnxruntime-gpu finds the CUDA/cuDNN libraries of pip's nvidia-* wheels (the
-            # [gpu] install) only once they are preloaded; without it the CUDA provider fails
-            # to load and the session silently runs on the CPU.
-            try:
-                ort.preload_dlls()
-            except Exception:  # noqa: BLE001 - system CUDA (e.g. Colab) needs no preloading
-                pass
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise TfmarketError(f"{self.path}: not a loadable ONNX model ({exc})") from None
-        self.providers = self.session.get_providers()
-        model_input = self.session.get_inputs()[0]
-        self.input_name = model_input.name
-        if model_input.type != "tensor(uint8)":
-            raise TfmarketError(
-                f"{self.path}: expected a uint8 image input, got {model_input.type}")
-        self.height, self.width = int(model_input.shape[1]), int(model_input.shape[2])
-        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _read_card(self) -> None:
         card = self.path.parent / "model_card.json"
         self.card = json.loads(card.read_text()) if card.is_file() else None
         self.schema = model_schema(self.card, self.output_names, self.path)
+
+    def _infer(self, images: np.ndarray) -> list[np.ndarray]:
+        """uint8 [B, H, W, 3] -> one array per ``output_names`` entry, in that order."""
+        raise NotImplementedError
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 [B, H, W, 3] -> {output name: array [B, ...]}."""
@@ -65,11 +64,10 @@ class OnnxEmbedder:
             raise TfmarketError(
                 f"model expects uint8 images of {self.height}x{self.width}x3, got "
                 f"{images.dtype} {images.shape[1:]}")
-        values = self.session.run(self.output_names, {self.input_name: images})
-        out = dict(zip(self.output_names, values, strict=True))
+        out = dict(zip(self.output_names, self._infer(images), strict=True))
         if self.flip_test:
             mirrored = np.ascontiguousarray(images[:, :, ::-1])
-            flipped = self.session.run(self.output_names, {self.input_name: mirrored})
+            flipped = self._infer(mirrored)
             for name, value in zip(self.output_names, flipped, strict=True):
                 out[name] = (out[name] + value) / 2
             if "embedding" in out:
@@ -104,6 +102,50 @@ class OnnxEmbedder:
         if bar:
             bar.close()
         return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+class OnnxEmbedder(Embedder):
+    """An onnxruntime session over an exported tfmarket model.
+
+    Uses the CUDA execution provider when onnxruntime-gpu provides it, else the CPU.
+    """
+
+    def __init__(self, model_path: str | Path, threads: int = 0, flip_test: bool = False):
+        import onnxruntime as ort
+
+        super().__init__(flip_test)
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise TfmarketError(f"{self.path}: model file not found")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" in available and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu finds the CUDA/cuDNN libraries of pip's nvidia-* wheels (the
+            # [gpu] install) only once they are preloaded; without it the CUDA provider fails
+            # to load and the session silently runs on the CPU.
+            try:
+                ort.preload_dlls()
+            except Exception:  # noqa: BLE001 - system CUDA (e.g. Colab) needs no preloading
+                pass
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise TfmarketError(f"{self.path}: not a loadable ONNX model ({exc})") from None
+        self.providers = self.session.get_providers()
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        if model_input.type != "tensor(uint8)":
+            raise TfmarketError(
+                f"{self.path}: expected a uint8 image input, got {model_input.type}")
+        self.height, self.width = int(model_input.shape[1]), int(model_input.shape[2])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._read_card()
+
+    def _infer(self, images: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(self.output_names, {self.input_name: images})
 
 
 def model_schema(card: dict | None, output_names: list[str], path: Path):

@@ -95,7 +95,7 @@ def model_file(path: str | Path, int8: bool = False) -> Path:
     ``model.onnx`` (``model.int8.onnx`` with ``int8``, or when it is the only one)."""
     path = Path(path)
     if not path.is_dir():
-        return path  # a file (OnnxEmbedder says so when it is missing)
+        return path  # a file (the embedder says so when it is missing)
     names = MODEL_FILES[::-1] if int8 else MODEL_FILES
     for name in names:
         if (path / name).is_file():
@@ -254,14 +254,14 @@ class ExportedModel:
     def __init__(self, path: str | Path, *, flip_test: bool = False, threads: int = 0,
                  attribute_rule: str | Path | AttributeRule | None = None,
                  retrieval: str | Path | RetrievalRule | None = None):
-        from tfmarket.serving.embed import OnnxEmbedder
+        from tfmarket.serving.embed import open_embedder
 
         self.path = Path(path)
         self.attribute_rule, self.attribute_rule_file = resolve_attribute_rule(
             attribute_rule, self.path)
         self.retrieval_rule, self.retrieval_rule_file = resolve_retrieval_rule(
             retrieval, self.path)
-        self.embedder = OnnxEmbedder(self.path, threads=threads, flip_test=flip_test)
+        self.embedder = open_embedder(self.path, threads=threads, flip_test=flip_test)
         self.schema = self.embedder.schema  # the model's attribute heads (its card's schema)
         self.card = self.embedder.card
 

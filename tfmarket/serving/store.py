@@ -44,10 +44,10 @@ def shard_files(paths: list[str], index: int, count: int) -> list[str]:
 def embed_store(model_path: str, paths: list[str], batch_size: int = 64) -> dict:
     """Embeds image files with an exported ONNX model -> a store dict."""
     from tfmarket.data.check import require_readable
-    from tfmarket.serving.embed import OnnxEmbedder
+    from tfmarket.serving.embed import open_embedder
 
     require_readable(paths)
-    embedder = OnnxEmbedder(model_path)
+    embedder = open_embedder(model_path)
     schema = embedder.schema
     out = embedder.embed_files(paths, batch_size)
     heads = schema.head_sizes
@@ -165,11 +165,11 @@ def search_store(model: str | Path, store_path: str | Path, query: str | Path, *
     """
     from tfmarket.data.filenames import list_images
     from tfmarket.retrieval.search import cosine_topk, faiss_topk, on_available_gpus
-    from tfmarket.serving.embed import OnnxEmbedder
+    from tfmarket.serving.embed import open_embedder
 
     store = load_store(store_path)
     queries = [str(p) for p in list_images(query)]
-    q_emb = OnnxEmbedder(model).embed_files(queries, batch_size)["embedding"]
+    q_emb = open_embedder(model).embed_files(queries, batch_size)["embedding"]
     allowed = (filter_ids(store["attributes"], parse_filter(where, store_columns(store)))
                if where else None)
     if allowed is not None and len(allowed) == 0:
