@@ -192,3 +192,40 @@ def test_same_model_and_data_give_byte_identical_outputs(exported, course_synth,
     assert set(written[0]) >= {"reid_test.txt", "classification_test.csv", "embeddings.npz",
                                "metrics.json"}
     assert written[0] == written[1]
+
+
+def test_onnx_conversion_falls_back_to_tf2onnx_defaults_and_restores_it(exported, tmp_path,
+                                                                        monkeypatch):
+    """The low-memory conversion (tf2onnx's large-model mode, fresh node protobufs) writes a
+    self-contained model computing what tf2onnx's defaults compute; if it fails, the defaults
+    run; tf2onnx is left as found."""
+    import onnx
+    import tf2onnx
+    from tf2onnx.graph import Node
+
+    import tfmarket.serving.export as export_module
+    from tfmarket.model.network import build_inference_model
+
+    _, card, config = exported
+    model = export_module.float32_copy(
+        __import__("keras").models.load_model(card["source_run"] + "/" + card["source_model"]),
+        config)
+    inference = build_inference_model(model)
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 32, 3), dtype=np.uint8)
+    inference(images)  # Keras exports only a model that has been called
+    functions = (tf2onnx.convert.from_function, Node.update_proto)
+    export_module._export_onnx(inference, tmp_path / "low.onnx")
+    assert (tf2onnx.convert.from_function, Node.update_proto) == functions
+
+    def broken(*args, **kwargs):
+        raise ValueError("simulated failure of the large-model conversion")
+
+    monkeypatch.setattr(export_module, "_inline_external_tensors", broken)
+    export_module._export_onnx(inference, tmp_path / "default.onnx")
+    assert (tf2onnx.convert.from_function, Node.update_proto) == functions
+    low, default = (onnx.load(str(tmp_path / f)) for f in ("low.onnx", "default.onnx"))
+    assert len(low.graph.node) == len(default.graph.node)
+    assert not [t for t in low.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    a, b = run_onnx(tmp_path / "low.onnx", images), run_onnx(tmp_path / "default.onnx", images)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-6)

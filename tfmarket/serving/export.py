@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from tfmarket.errors import TfmarketError
 
 MODEL_CARD = "model_card.json"
 CALIBRATION_IMAGES = 200  # training crops that set static int8's activation ranges
+PARITY_BATCH = 2  # images per call in the parity checks: activations, not weights, set the peak
 
 
 def _parity_images(config, workdir: Path, count: int):
@@ -54,12 +56,15 @@ def _max_abs_diff(a: dict, b: dict) -> dict[str, float]:
 
 
 def export_model(model, out: Path, images, *, onnx: bool = True, int8: bool = False,
-                 tolerance: float = 1e-4, calibration_images=None) -> dict:
+                 tolerance: float = 1e-4, calibration_images=None,
+                 on_phase: Callable[[str], None] | None = None) -> dict:
     """Writes ``saved_model/`` (+ ``model.onnx``) into ``out`` and checks parity.
 
     Args:
         model: the training model (float input, logits).
         images: uint8 [N, H, W, 3] real images for the parity check.
+        on_phase: called with each phase's name as it starts ("keras", "saved_model",
+            "onnx", "int8"), e.g. by ``benchmarks/export_memory.py`` to attribute memory.
 
     Returns:
         {"files": [...], "parity": {...}, "outputs": {name: shape}}.
@@ -67,24 +72,27 @@ def export_model(model, out: Path, images, *, onnx: bool = True, int8: bool = Fa
     Raises:
         TfmarketError: parity beyond ``tolerance``.
     """
-    import numpy as np
     import tensorflow as tf
 
     from tfmarket.model.network import build_inference_model
 
+    phase = _phase_hook(on_phase)
+    phase("keras")
     inference = build_inference_model(model)
-    reference = {k: np.asarray(v) for k, v in inference(images, training=False).items()}
+    reference = in_batches(lambda x: inference(x, training=False), images)
+    phase("saved_model")
     inference.export(str(out / "saved_model"), format="tf_saved_model", verbose=False)
     files = ["saved_model"]
     loaded = tf.saved_model.load(str(out / "saved_model"))
-    served = {k: v.numpy() for k, v in loaded.serve(tf.constant(images)).items()}
+    served = in_batches(lambda x: loaded.serve(tf.constant(x)), images)
     parity = {"images": int(len(images)), "tolerance": tolerance,
               "saved_model_vs_keras": _max_abs_diff(reference, served)}
     if onnx:
+        phase("onnx")
         from tfmarket.console import HARMLESS_EXPORT_WARNINGS, harmless_warnings_ignored
 
         with harmless_warnings_ignored(HARMLESS_EXPORT_WARNINGS):
-            inference.export(str(out / "model.onnx"), format="onnx", verbose=False)
+            _export_onnx(inference, out / "model.onnx")
         files.append("model.onnx")
         parity["onnx_vs_keras"] = _max_abs_diff(reference, run_onnx(out / "model.onnx", images))
     worst = max(v for key in ("saved_model_vs_keras", "onnx_vs_keras") if key in parity
@@ -97,6 +105,7 @@ def export_model(model, out: Path, images, *, onnx: bool = True, int8: bool = Fa
     if int8 and onnx:
         from tfmarket.serving.quantize import quantize_dynamic_int8, quantize_static_int8
 
+        phase("int8")
         target = out / "model.int8.onnx"
         if calibration_images is not None and len(calibration_images):
             quantize_static_int8(out / "model.onnx", target, calibration_images,
@@ -138,8 +147,100 @@ def run_onnx(path: Path, images) -> dict:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    values = session.run(names, {session.get_inputs()[0].name: images})
-    return dict(zip(names, values, strict=True))
+    input_name = session.get_inputs()[0].name
+    return in_batches(lambda x: dict(zip(names, session.run(names, {input_name: x}),
+                                         strict=True)), images)
+
+
+def in_batches(run: Callable, images, batch: int = PARITY_BATCH) -> dict:
+    """``run`` ({name: array [b, ...]} from uint8 [b, H, W, 3]) over ``images`` ``batch`` at a
+    time, outputs concatenated: a ResNet50's activations for 32 images at 256x128 alone took
+    3.5 GB in one call."""
+    import numpy as np
+
+    parts: dict[str, list] = {}
+    for start in range(0, len(images), batch):
+        for name, value in run(images[start:start + batch]).items():
+            parts.setdefault(name, []).append(np.asarray(value))
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def _export_onnx(inference, path: Path) -> None:
+    """``model.export(format="onnx")`` (tf2onnx) without tf2onnx's memory growth, written as
+    one ordinary ``.onnx`` file.
+
+    Two things took the export of a ResNet50 from 2.3 GB to 7 GB and more
+    (``benchmarks/export_memory.py``):
+
+    * tf2onnx rewrites every node's protobuf after each of its ~15 graph optimizers, weights
+      included, into the same message; protobuf (upb) frees a message's replaced fields only
+      with the message, so every pass left a copy of the weights behind (4 GB). Here each
+      rewrite goes into a fresh message, which frees the old one.
+    * TensorFlow's freezing and Grappler pass copy the weights a dozen times over while they
+      are constants inside graph protobufs. tf2onnx's large-model mode keeps them outside,
+      skips Grappler (tf2onnx's own optimizers still fold constants and fuse; the ResNet50
+      graph came out with the same 281 operators) and the deep copy of the graph before each
+      optimizer; the weights are put back into the model before it is written.
+
+    Should the conversion fail that way, it is repeated with tf2onnx's defaults.
+    """
+    import gc
+
+    import tf2onnx
+    from tf2onnx.graph import Node
+
+    convert, update_proto = tf2onnx.convert.from_function, Node.update_proto
+
+    def large_model_from_function(*args, output_path=None, **kwargs):
+        model_proto, external = convert(*args, **{**kwargs, "large_model": True})
+        _inline_external_tensors(model_proto, external.name_to_tensor_data)
+        Path(output_path).write_bytes(model_proto.SerializeToString())
+        return model_proto, None
+
+    def update_fresh_proto(node, external_tensor_storage=None):
+        old = node._op
+        old.ClearField("attribute")  # the copy below then carries no weights
+        node._op = type(old)()
+        node._op.CopyFrom(old)
+        update_proto(node, external_tensor_storage)
+
+    def restore():
+        tf2onnx.convert.from_function, Node.update_proto = convert, update_proto
+
+    # Keras looks tf2onnx's function up at every export
+    tf2onnx.convert.from_function, Node.update_proto = large_model_from_function, update_fresh_proto
+    try:
+        inference.export(str(path), format="onnx", verbose=False)
+    except Exception:  # noqa: BLE001 - whatever failed: tf2onnx's defaults
+        restore()
+        gc.collect()
+        inference.export(str(path), format="onnx", verbose=False)
+    finally:
+        restore()
+
+
+def _inline_external_tensors(model_proto, data: dict[str, bytes]) -> None:
+    """Moves tf2onnx's external tensor data (``{location: raw bytes}``) back into the model."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    with tempfile.TemporaryDirectory(prefix="tfmarket-onnx-") as tmp:
+        for name, raw in data.items():
+            Path(tmp, name).write_bytes(raw)
+        data.clear()
+        load_external_data_for_model(model_proto, tmp)
+
+
+def _phase_hook(on_phase: Callable[[str], None] | None) -> Callable[[str], None]:
+    """Calls ``on_phase`` after a full garbage collection: TensorFlow's traced graphs and
+    tf2onnx's are reference cycles, and a phase should not start on the previous one's."""
+    import gc
+
+    def phase(name: str) -> None:
+        gc.collect()
+        if on_phase:
+            on_phase(name)
+
+    return phase
 
 
 def float32_copy(model, config, schema=None):
@@ -177,8 +278,10 @@ def float32_copy(model, config, schema=None):
 
 
 def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, int8: bool = False,
-               checkpoint: str = "best", parity_images: int = 32, overwrite: bool = False) -> dict:
-    """Exports a run directory; writes the model card; returns it."""
+               checkpoint: str = "best", parity_images: int = 32, overwrite: bool = False,
+               on_phase: Callable[[str], None] | None = None) -> dict:
+    """Exports a run directory; writes the model card; returns it. ``on_phase``: as
+    :func:`export_model`'s, also called with "load" (the run's model) first."""
     import yaml
 
     from tfmarket import __version__
@@ -198,6 +301,8 @@ def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, in
 
     from tfmarket.model.network import load_run_model
 
+    if on_phase:
+        on_phase("load")
     model = float32_copy(load_run_model(model_path), config, schema)
     images = _parity_images(config, workdir, parity_images)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +315,7 @@ def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, in
             # Static int8 (calibrated) ran 2.2-2.6x onnxruntime fp32 on the tiny model here,
             # dynamic int8 0.2-0.9x (benchmarks/inference.py --quick, 2026-12-03).
             calibration_images=_calibration_images(config, workdir, CALIBRATION_IMAGES)
-            if want_int8 else None)
+            if want_int8 else None, on_phase=on_phase)
         metrics_file = workdir / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         card = {
