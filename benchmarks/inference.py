@@ -21,6 +21,12 @@ batch 1 and 64 (``--batches``). Rows:
   ``ort-int8-static-u8``: the same with uint8 activations (U8S8, the operand layout of x86's
   VNNI int8 dot products): what ``export --int8`` writes as ``model.int8.onnx``.
   Where that function cannot be imported the row is left out and the reason printed.
+* ``ov-fp32`` / ``ov-int8``: OpenVINO (CPU) on ``model.onnx`` / on the U8S8 int8 model, through
+  tfmarket's own embedder (``open_embedder(runtime="openvino")``, what ``rank --runtime openvino``
+  runs).
+* ``litert-fp32`` / ``litert-int8``: LiteRT on ``model.tflite`` / ``model.int8.tflite``, converted
+  here from the SavedModel by ``tfmarket.serving.litert`` as ``export --litert --int8`` converts
+  them (the int8 one calibrated on the same crops), run by tfmarket's LiteRT embedder.
 * ``keras``: :func:`tfmarket.model.network.build_inference_model` (the graph export writes), called
   with ``predict_on_batch`` (Keras's compiled predict function; ``__call__`` runs eagerly).
 * ``savedmodel``: ``tf.saved_model.load(saved_model/).serve``, what TF Serving would run.
@@ -99,8 +105,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 NUM_IDS = 751  # Market-1501 training identities (the random-init models' ID head)
-ROWS = ("ort-fp32", "ort-int8-dynamic", "ort-int8-static", "ort-int8-static-u8", "keras",
-        "savedmodel", "torch-fp32", "torch-bf16")
+ROWS = ("ort-fp32", "ort-int8-dynamic", "ort-int8-static", "ort-int8-static-u8", "ov-fp32",
+        "ov-int8", "litert-fp32", "litert-int8", "keras", "savedmodel", "torch-fp32",
+        "torch-bf16")
+# Rows served by tfmarket's own embedders in another runtime (open_embedder): row -> (the row
+# whose model file it runs, or its LiteRT file, and the runtime). ov-int8 runs the U8S8 QDQ
+# model that ``export --int8`` writes; the LiteRT files are converted here from the SavedModel
+# as ``export --litert [--int8]`` converts them.
+RUNTIME_ROWS = {"ov-fp32": ("ort-fp32", "openvino"), "ov-int8": ("ort-int8-static-u8", "openvino"),
+                "litert-fp32": ("model.tflite", "litert"),
+                "litert-int8": ("model.int8.tflite", "litert")}
 ONNX_FILES = {"ort-fp32": "model.onnx", "ort-int8-dynamic": "model.int8.onnx",
               "ort-int8-static": "model.int8-static.onnx",
               "ort-int8-static-u8": "model.int8-static-u8.onnx"}
@@ -298,8 +312,22 @@ def torch_runner(spec: dict):
                   "torch_arch": spec["torch_arch"]}
 
 
+def embedder_runner(spec: dict):
+    """tfmarket's embedder of the row's runtime (OpenVINO, LiteRT), no flip test."""
+    from tfmarket.serving.embed import open_embedder
+
+    embedder = open_embedder(spec["model"], runtime=spec["runtime"], threads=spec["threads"])
+
+    def call(batch: np.ndarray):
+        return embedder.run(batch)
+
+    return call, {"threads": spec["threads"] or f"{spec['runtime']} default",
+                  "runtime": spec["runtime"], "providers": list(embedder.providers)}
+
+
 RUNNERS = {"ort-fp32": ort_runner, "ort-int8-dynamic": ort_runner,
            "ort-int8-static": ort_runner, "ort-int8-static-u8": ort_runner,
+           **{row: embedder_runner for row in RUNTIME_ROWS},
            "keras": keras_runner,
            "savedmodel": savedmodel_runner, "torch-fp32": torch_runner,
            "torch-bf16": torch_runner}
@@ -475,7 +503,38 @@ def prepare_size(height: int, width: int, source: str, args, paths: list[str],
               + (f" ({len(calibration)} calibration crops)" if "static" in row else ""),
               flush=True)
     prepared["calibration_images"] = len(calibration)
+    _prepare_runtime_rows(prepared, Path(prepared["models"]["savedmodel"]), calibration, folder,
+                          notes)
     return prepared
+
+
+def _prepare_runtime_rows(prepared: dict, saved_model: Path, calibration: np.ndarray,
+                          folder: Path, notes: list[str]) -> None:
+    """The OpenVINO rows' files (the ONNX rows') and the LiteRT files, converted from the
+    SavedModel the way ``export --litert --int8`` converts them."""
+    size = prepared["size"]
+    for row, (source, runtime) in RUNTIME_ROWS.items():
+        if runtime == "openvino" and source in prepared["models"]:
+            prepared["models"][row] = prepared["models"][source]
+    try:
+        from tfmarket.serving.litert import convert_float, convert_int8
+    except ImportError as exc:
+        notes.append(f"{size}: litert rows skipped: tfmarket.serving.litert not importable "
+                     f"({exc})")
+        return
+    start = time.perf_counter()
+    try:
+        fp32 = convert_float(saved_model, folder / "model.tflite")
+        prepared["models"]["litert-fp32"] = str(fp32)
+        int8, _ = convert_int8(saved_model, fp32, folder / "model.int8.tflite", calibration)
+        prepared["models"]["litert-int8"] = str(int8)
+    except Exception as exc:  # noqa: BLE001 - reported, the other rows still run
+        notes.append(f"{size}: litert rows skipped: conversion failed: "
+                     f"{type(exc).__name__}: {exc}")
+        return
+    prepared["quantize_seconds"]["litert-int8"] = time.perf_counter() - start
+    print(f"  {size}: LiteRT float32 + int8 converted in {time.perf_counter() - start:.1f} s",
+          flush=True)
 
 
 def read_card(export: Path) -> dict | None:
@@ -546,9 +605,9 @@ def load_run_data(workdir: Path):
 
 def validation_accuracy(models: dict[str, str], data, height: int, width: int,
                         threads: int) -> dict[str, dict]:
-    """{row: {mAP, rank1, mA, ...}} of each ONNX model on the run's validation split."""
+    """{row: {mAP, rank1, mA, ...}} of each served model on the run's validation split."""
     from tfmarket.preprocess import load_images_numpy
-    from tfmarket.serving.embed import OnnxEmbedder
+    from tfmarket.serving.embed import open_embedder
     from tfmarket.training.evaluation import score
 
     start = time.perf_counter()
@@ -559,7 +618,8 @@ def validation_accuracy(models: dict[str, str], data, height: int, width: int,
     results = {}
     for row, path in models.items():
         start = time.perf_counter()
-        embedder = OnnxEmbedder(path, threads=threads)
+        runtime = RUNTIME_ROWS[row][1] if row in RUNTIME_ROWS else "onnxruntime"
+        embedder = open_embedder(path, runtime=runtime, threads=threads)
         q, g = (_embed_all(embedder, images) for images in (query, gallery))
         scored = score(q, g, data.val_query, data.val_gallery)
         attributes = scored.get("attributes") or {}
@@ -591,7 +651,9 @@ def measure_size(height: int, width: int, prepared: dict, rows: list[str], args,
             spec = {"row": row, "height": height, "width": width, "threads": args.threads,
                     "batches": args.batch_list, "warmup": args.warmup,
                     "images": prepared["images"], "torch_arch": args.torch_arch}
-            if row in ONNX_FILES or row == "savedmodel":
+            if row in RUNTIME_ROWS:
+                spec["runtime"] = RUNTIME_ROWS[row][1]
+            if row in ONNX_FILES or row in RUNTIME_ROWS or row == "savedmodel":
                 if row not in prepared["models"]:
                     continue  # skipped while preparing; the note says why
                 spec["model"] = prepared["models"][row]
@@ -789,7 +851,8 @@ def main(argv: list[str] | None = None) -> int:
             prepared_sizes.append(prepared)
             results += measure_size(height, width, prepared, rows, args, scratch, notes)
             if source == "export" and run_data is not None:
-                onnx_models = {r: p for r, p in prepared["models"].items() if r in ONNX_FILES}
+                onnx_models = {r: p for r, p in prepared["models"].items()
+                               if r in ONNX_FILES or r in RUNTIME_ROWS}
                 accuracy = validation_accuracy(onnx_models, run_data, height, width,
                                                args.threads)
                 add_accuracy(results, accuracy, size)
