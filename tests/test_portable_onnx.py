@@ -303,3 +303,25 @@ def test_gallery_and_api_take_the_runtime(exported, course_synth, tmp_path):
                                atol=FLOAT_TOLERANCE)
     with pytest.raises(TfmarketError, match="unknown runtime"):
         tfmarket.load(out, runtime="tvm")
+
+
+def test_calibrate_with_openvino_chooses_what_onnxruntime_does(exported, tmp_path, capsys):
+    import shutil
+
+    from tfmarket.calibrate import main as calibrate_main
+
+    source, card, _ = exported
+    reports = {}
+    for runtime in ("onnxruntime", "openvino"):
+        model_dir = tmp_path / runtime
+        shutil.copytree(source, model_dir)
+        assert calibrate_main(["--workdir", card["source_run"], "--model",
+                               str(model_dir / "model.onnx"), "--runtime", runtime,
+                               "--neighbours", "1,3", "--prior-weights", "0,1",
+                               "--no-retrieval", "--json"]) == 0
+        printed = capsys.readouterr().out
+        reports[runtime] = json.loads(printed[printed.index("{"):])
+    ort, ov = reports["onnxruntime"], reports["openvino"]
+    assert ov["rule"] == ort["rule"]
+    assert ov["validation"]["reid"]["mAP"] == pytest.approx(ort["validation"]["reid"]["mAP"],
+                                                           abs=1e-6)
