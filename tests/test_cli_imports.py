@@ -39,6 +39,7 @@ TF_FREE = [
     "tfmarket.serving.predictor", "tfmarket.serving.ranking", "tfmarket.serving.embed",
     "tfmarket.serving.store", "tfmarket.serving.calibration", "tfmarket.serving.export",
     "tfmarket.serving.report", "tfmarket.serving.submission", "tfmarket.serving.quantize",
+    "tfmarket.serving.onnx_ops", "tfmarket.serving.openvino_runtime",
     "tfmarket.retrieval.metrics", "tfmarket.retrieval.attribute_metrics",
     "tfmarket.retrieval.search", "tfmarket.retrieval.rerank", "tfmarket.retrieval.cluster",
     "tfmarket.retrieval.retrieval_rule", "tfmarket.retrieval.attribute_rule",

@@ -31,6 +31,7 @@ import json
 import sys
 
 from tfmarket.errors import TfmarketError
+from tfmarket.serving.embed import RUNTIME_HELP, RUNTIMES
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -60,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "to see the model at a test-sized gallery")
     parser.add_argument("--no-retrieval", action="store_true",
                         help="do not choose a retrieval rule (no retrieval.json is written)")
-    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = all)")
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="the runtime's threads (0 = its default: all)")
     parser.add_argument("--json", action="store_true",
                         help="print the report as JSON (the rules and their reports are written "
                         "to attribute_rule.json and retrieval.json)")
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workdir, args.model, flip_test=args.flip_test, max_ma_drop=args.max_ma_drop,
             neighbours=args.neighbours, prior_weights=args.prior_weights,
             distractors=args.distractors, retrieval=not args.no_retrieval,
-            threads=args.threads)
+            threads=args.threads, runtime=args.runtime)
     except TfmarketError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"exported {card['source_model']}: {card['source_model_note']}")
+    for name, model in ((card.get("onnx") or {}).get("models") or {}).items():
+        if model["outside_portable_set"]:
+            print(f"warning: {name} has operators outside the portable set (OpenCV DNN or "
+                  f"TensorRT may refuse it): {', '.join(model['outside_portable_set'])}",
+                  file=sys.stderr)
     print_result({"out": card["out"], "files": card["files"], "parity": card["parity"]},
                  f"wrote {card['out']}", args.json)
     return 0

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tfmarket.errors import TfmarketError
 from tfmarket.retrieval.search import FAISS_KINDS, REFINE_TYPES
+from tfmarket.serving.embed import RUNTIME_HELP, RUNTIMES
 
 
 def _cmd_embed(args) -> dict:
@@ -35,7 +36,7 @@ def _cmd_embed(args) -> dict:
 
     index, count = parse_shard(args.shard)
     paths = shard_files(list_images(args.images), index, count)
-    store = embed_store(args.model, paths, args.batch_size)
+    store = embed_store(args.model, paths, args.batch_size, runtime=args.runtime)
     save_store(store, args.out)
     return {"out": args.out, "shard": args.shard, "images": len(paths)}
 
@@ -67,7 +68,7 @@ def _cmd_search(args) -> dict:
     results, summary = search_store(
         args.model, args.store, args.query, index_path=args.index, where=args.where,
         topk=args.topk, exact_filtered_below=args.exact_filtered_below,
-        batch_size=args.batch_size)
+        batch_size=args.batch_size, runtime=args.runtime)
     Path(args.out).write_text(json.dumps(results, indent=1))
     return {"out": args.out, **summary}
 
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--shard", default="0/1", help="I/N: this process's block (default 0/1)")
     e.add_argument("--out", required=True)
     e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     e.set_defaults(func=_cmd_embed)
     m = sub.add_parser("merge", parents=[common], help="merge shard stores into one")
     m.add_argument("stores", nargs="+")
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --where, search exactly when at most N images match (default "
                         "%(default)s); above, the index searches with the filter")
     s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     s.add_argument("--out", default="search.json")
     s.set_defaults(func=_cmd_search)
     return parser

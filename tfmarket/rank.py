@@ -36,6 +36,7 @@ import sys
 
 from tfmarket.errors import TfmarketError
 from tfmarket.retrieval.search import FAISS_KINDS
+from tfmarket.serving.embed import RUNTIME_HELP, RUNTIMES
 
 SEARCHES = ("exact", *(f"faiss-{kind}" for kind in FAISS_KINDS))
 
@@ -71,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="attribute decision rule (default: attribute_rule.json beside the "
                              "model if present, else plain)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = all)")
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="the runtime's threads (0 = its default: all)")
     parser.add_argument("--visualize", type=int, default=0, metavar="N",
                         help="write an HTML report of N queries (and a CMC plot)")
     parser.add_argument("--json", action="store_true",
@@ -94,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             gallery=args.gallery, topk=args.topk, retrieval=args.retrieval, rerank=args.rerank,
             k1=args.k1, k2=args.k2, lambda_value=args.lambda_value, search=args.search,
             flip_test=args.flip_test, attribute_rule=args.attribute_rule,
-            batch_size=args.batch_size, threads=args.threads, visualize=args.visualize)
+            batch_size=args.batch_size, threads=args.threads, visualize=args.visualize,
+            runtime=args.runtime)
     except TfmarketError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -31,8 +31,29 @@ class Normalize(keras.layers.Layer):
         std = ops.cast(ops.convert_to_tensor(STD_RGB), images.dtype)
         return (images - mean) / std
 
+    def channel_map(self) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+        """(order, scale) with ``call(x) == (x - MEAN_RGB)[..., order] * scale``: the part of
+        the normalisation a following convolution can absorb into its kernel
+        (:func:`tfmarket.model.fold.fold_normalization`)."""
+        if self.mode == "caffe":
+            return (2, 1, 0), (1.0, 1.0, 1.0)
+        return (0, 1, 2), tuple(1.0 / s for s in STD_RGB)
+
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="tfmarket")
+class SubtractMean(keras.layers.Layer):
+    """Pixel values in [0, 255] minus the ImageNet mean (RGB): what is left of
+    :class:`Normalize` in a serving graph once its channel order and scale are folded into the
+    first convolution (:func:`tfmarket.model.fold.fold_normalization`).
+
+    Input float [B, H, W, 3]; output same shape and dtype.
+    """
+
+    def call(self, images):
+        return images - ops.cast(ops.convert_to_tensor(MEAN_RGB), images.dtype)
 
 
 @keras.saving.register_keras_serializable(package="tfmarket")

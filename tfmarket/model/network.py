@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import keras
 
 from tfmarket.attributes import HEADS
+from tfmarket.model.fold import fold_normalization
 from tfmarket.model.layers import (
     CosineClassifier,
     FusedBatchNormalization,
@@ -175,18 +176,24 @@ def model_heads(model: keras.Model) -> dict[str, int]:
     return {name: model.get_layer(name).units for name in names}
 
 
-def build_inference_model(model: keras.Model) -> keras.Model:
+def build_inference_model(model: keras.Model, fold: bool = True) -> keras.Model:
     """uint8 [B, H, W, 3] -> {"embedding": [B, D], head: probabilities} for serving.
 
     Softmax heads give [B, C] class probabilities, binary heads [B, 1] P(yes); the heads are
     the training model's own (:func:`model_heads`).
+
+    ``fold``: the normalisation's channel flip / scale folded into the first convolution
+    (:func:`tfmarket.model.fold.fold_normalization`), so the ONNX graph has no
+    ``ReverseSequence`` (what OpenCV's DNN module refuses); same results to float rounding.
+    Models it cannot fold are served as they are. False: ``model`` itself, unchanged (the
+    reference export's parity check compares the folded graph against).
     """
     height, width = model.input_shape[1:3]
     images = keras.Input((height, width, 3), dtype="uint8", name="image")
     x = keras.layers.Activation("linear", dtype="float32", name="to_float")(
         keras.ops.cast(images, "float32")
     )
-    raw = model(x)
+    raw = ((fold and fold_normalization(model)) or model)(x)
     outputs = {"embedding": keras.layers.Identity(name="embedding_out")(raw["embedding"])}
     for head, n_classes in model_heads(model).items():
         act = "sigmoid" if n_classes == 1 else "softmax"

@@ -3,7 +3,9 @@
 * ``export``: a run -> SavedModel + ONNX (+ int8) with a model card and a parity check.
 * ``predictor``: the Python API (``tfmarket.load``): an export with its card and rules,
   ``predict`` and ``search``; ``rank`` runs through it.
-* ``embed``: the onnxruntime embedder (the shared preprocessing, flip test).
+* ``embed``: the embedders of an exported model (the shared preprocessing, flip test), in
+  onnxruntime or OpenVINO (``openvino_runtime``), chosen by ``open_embedder``.
+* ``onnx_ops``: the portable ONNX operator set the exported models keep to.
 * ``quantize``: int8 ONNX (static QDQ and dynamic).
 * ``ranking``: ``rank``'s whole job (inputs, ranking, files, metrics, report).
 * ``calibration``: choosing an export's attribute and retrieval rules on validation.
@@ -13,6 +15,6 @@
 
 May import: the foundations, ``tfmarket.data``, ``tfmarket.retrieval``, and (to export or
 calibrate a run) ``tfmarket.model`` and ``tfmarket.training``; never a command. Ranking an
-exported model needs no Keras: ``embed`` uses onnxruntime, and TensorFlow only to decode
-images the shared way.
+exported model needs no Keras: ``embed`` uses onnxruntime (or OpenVINO), and TensorFlow only
+to decode images the shared way.
 """

@@ -15,7 +15,8 @@ from tfmarket.errors import TfmarketError
 
 def calibrate(workdir: str | Path, model: str | Path | None = None, *, flip_test: bool = False,
               max_ma_drop: float = 0.02, neighbours=None, prior_weights=None,
-              distractors: str | None = None, retrieval: bool = True, threads: int = 0) -> dict:
+              distractors: str | None = None, retrieval: bool = True, threads: int = 0,
+              runtime: str = "auto") -> dict:
     """Chooses the attribute rule (and, with ``retrieval``, the retrieval rule) of an exported
     model on its run's validation identities and writes them beside the model; returns the
     report ``python -m tfmarket.calibrate`` prints.
@@ -30,7 +31,9 @@ def calibrate(workdir: str | Path, model: str | Path | None = None, *, flip_test
             :data:`~tfmarket.retrieval.attribute_rule.NEIGHBOURS_GRID`,
             :data:`~tfmarket.retrieval.attribute_rule.PRIOR_WEIGHT_GRID`).
         distractors: a folder of other people's images added to the validation gallery.
-        threads: onnxruntime threads (0 = all).
+        threads: the runtime's threads (0 = its default: all).
+        runtime: what runs the model (:data:`tfmarket.serving.embed.RUNTIMES`; "auto": by
+            the file's extension).
     """
     import numpy as np
     import yaml
@@ -66,7 +69,7 @@ def calibrate(workdir: str | Path, model: str | Path | None = None, *, flip_test
         config.data, validation="holdout")
     data = load_training_data(data_cfg, workdir)
     pool = [data.val_query, data.val_gallery]
-    embedder = open_embedder(model, threads=threads, flip_test=flip_test)
+    embedder = open_embedder(model, runtime, threads=threads, flip_test=flip_test)
     schema = embedder.schema
     if schema != data.schema:
         raise TfmarketError(

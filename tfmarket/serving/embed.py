@@ -16,7 +16,11 @@ import numpy as np
 
 from tfmarket.errors import TfmarketError
 
-RUNTIMES = ("auto", "onnxruntime")  # --runtime choices; "auto" goes by the file's extension
+# --runtime choices; "auto" goes by the file's extension (.onnx: onnxruntime)
+RUNTIMES = ("auto", "onnxruntime", "openvino")
+RUNTIME_HELP = ("what runs the model (default auto: by the model file's extension, onnxruntime "
+                "for .onnx); openvino runs the same .onnx in OpenVINO (pip install "
+                "'tfmarket[openvino]')")
 
 
 def open_embedder(model_path: str | Path, runtime: str = "auto", threads: int = 0,
@@ -27,6 +31,8 @@ def open_embedder(model_path: str | Path, runtime: str = "auto", threads: int = 
         raise TfmarketError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     if runtime in ("auto", "onnxruntime"):
         return OnnxEmbedder(path, threads=threads, flip_test=flip_test)
+    if runtime == "openvino":
+        return OpenVinoEmbedder(path, threads=threads, flip_test=flip_test)
     raise AssertionError(runtime)  # pragma: no cover - every RUNTIMES entry is handled above
 
 
@@ -146,6 +152,26 @@ class OnnxEmbedder(Embedder):
 
     def _infer(self, images: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.output_names, {self.input_name: images})
+
+
+class OpenVinoEmbedder(Embedder):
+    """An exported ONNX model compiled by OpenVINO for the CPU
+    (:mod:`tfmarket.serving.openvino_runtime`: float layers in float32, dynamic batch);
+    ``threads`` 0 = OpenVINO's default."""
+
+    def __init__(self, model_path: str | Path, threads: int = 0, flip_test: bool = False):
+        from tfmarket.serving.openvino_runtime import DEVICE, OpenVinoModel
+
+        super().__init__(flip_test)
+        self.path = Path(model_path)
+        self.model = OpenVinoModel(self.path, threads=threads)
+        self.height, self.width = self.model.height, self.model.width
+        self.output_names = self.model.output_names
+        self.providers = [f"OpenVINO {DEVICE}"]
+        self._read_card()
+
+    def _infer(self, images: np.ndarray) -> list[np.ndarray]:
+        return self.model.run(images)
 
 
 def model_schema(card: dict | None, output_names: list[str], path: Path):

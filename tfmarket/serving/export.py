@@ -9,6 +9,11 @@ attribute head's probabilities (the run's attribute schema, ``schema.json``, is 
 A parity check runs at export time on real images (the run's validation/training images):
 the max absolute difference between Keras, the SavedModel and onnxruntime outputs must be within
 ``export.parity_tolerance`` (default 1e-4) or the export is aborted and nothing is left behind.
+
+The served graph has the normalisation's channel flip / scale folded into the first convolution
+(:mod:`tfmarket.model.fold`), so ``model.onnx`` is made of the portable operator set of
+:mod:`tfmarket.serving.onnx_ops` (onnxruntime, OpenVINO, OpenCV DNN, TensorRT); the card lists
+each ONNX file's operators under ``onnx``.
 """
 
 from __future__ import annotations
@@ -67,7 +72,9 @@ def export_model(model, out: Path, images, *, onnx: bool = True, int8: bool = Fa
             "onnx", "int8"), e.g. by ``benchmarks/export_memory.py`` to attribute memory.
 
     Returns:
-        {"files": [...], "parity": {...}, "outputs": {name: shape}}.
+        {"files": [...], "parity": {...}, "outputs": {name: shape}}, and with ``onnx`` the ONNX
+        files' operators against the portable set ("onnx":
+        :func:`tfmarket.serving.onnx_ops.operators_report`).
 
     Raises:
         TfmarketError: parity beyond ``tolerance``.
@@ -78,8 +85,11 @@ def export_model(model, out: Path, images, *, onnx: bool = True, int8: bool = Fa
 
     phase = _phase_hook(on_phase)
     phase("keras")
+    # Served: the normalisation folded into the first convolution (portable ONNX). Reference:
+    # the training model as it is, so the parity check covers the fold too.
     inference = build_inference_model(model)
-    reference = in_batches(lambda x: inference(x, training=False), images)
+    unfolded = build_inference_model(model, fold=False)
+    reference = in_batches(lambda x: unfolded(x, training=False), images)
     phase("saved_model")
     inference.export(str(out / "saved_model"), format="tf_saved_model", verbose=False)
     files = ["saved_model"]
@@ -119,7 +129,12 @@ def export_model(model, out: Path, images, *, onnx: bool = True, int8: bool = Fa
         parity["int8"] = {"method": method,
                           **quantization_report(reference, run_onnx(target, images))}
     outputs = {k: [None, *v.shape[1:]] for k, v in reference.items()}
-    return {"files": files, "parity": parity, "outputs": outputs}
+    result = {"files": files, "parity": parity, "outputs": outputs}
+    if onnx:
+        from tfmarket.serving.onnx_ops import operators_report
+
+        result["onnx"] = operators_report([out / f for f in files if f.endswith(".onnx")])
+    return result
 
 
 def quantization_report(reference: dict, quantized: dict) -> dict:
@@ -344,6 +359,7 @@ def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, in
                            if k != "seconds"} or None,
             "train_identities": metrics.get("train_identities"),
             "parity": result["parity"],
+            "onnx": result.get("onnx"),
             "files": result["files"] + [MODEL_CARD],
         }
         (staging / MODEL_CARD).write_text(json.dumps(card, indent=2, default=float))

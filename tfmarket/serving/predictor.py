@@ -15,9 +15,9 @@ goes through :class:`ExportedModel`): the same decoding and resizing
 sigmoid >= 0.5 / argmax) and retrieval rule (``retrieval.json``, else cosine distance).
 
 Importing this module, or ``import tfmarket`` and ``tfmarket.load``, imports no TensorFlow:
-the model runs in onnxruntime. Decoding image files (and resizing arrays that are not at the
-model's size) uses TensorFlow's ops, the ones training used, so the API and ``rank`` see the
-same pixels; arrays already at the model's size never load it.
+the model runs in onnxruntime (or OpenVINO: ``runtime="openvino"``). Decoding image files (and
+resizing arrays that are not at the model's size) uses TensorFlow's ops, the ones training used,
+so the API and ``rank`` see the same pixels; arrays already at the model's size never load it.
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ class ExportedModel:
 
     def __init__(self, path: str | Path, *, flip_test: bool = False, threads: int = 0,
                  attribute_rule: str | Path | AttributeRule | None = None,
-                 retrieval: str | Path | RetrievalRule | None = None):
+                 retrieval: str | Path | RetrievalRule | None = None, runtime: str = "auto"):
         from tfmarket.serving.embed import open_embedder
 
         self.path = Path(path)
@@ -261,7 +261,7 @@ class ExportedModel:
             attribute_rule, self.path)
         self.retrieval_rule, self.retrieval_rule_file = resolve_retrieval_rule(
             retrieval, self.path)
-        self.embedder = open_embedder(self.path, threads=threads, flip_test=flip_test)
+        self.embedder = open_embedder(self.path, runtime, threads=threads, flip_test=flip_test)
         self.schema = self.embedder.schema  # the model's attribute heads (its card's schema)
         self.card = self.embedder.card
 
@@ -283,7 +283,8 @@ class ExportedModel:
 
     @property
     def providers(self) -> list[str]:
-        """onnxruntime's execution providers, in use order."""
+        """What runs the model: onnxruntime's execution providers in use order, or the
+        runtime and device (e.g. "OpenVINO CPU")."""
         return self.embedder.providers
 
     # --- images -> outputs ---
@@ -296,7 +297,7 @@ class ExportedModel:
             images: image file paths (a list, or one path), a folder (its images, sorted by
                 name), or uint8 [N, H, W, 3] RGB pixels (resized to the model's size when
                 they are another size).
-            batch_size: images per onnxruntime call.
+            batch_size: images per runtime call.
             progress: a label to show a progress line on stderr (None: silent).
             check_files: first check that every file decodes (a DataError naming the bad
                 ones); False when the caller has (``rank`` checks queries and gallery at once).
@@ -447,7 +448,8 @@ class ExportedModel:
 
 def load(path: str | Path, *, int8: bool = False, flip_test: bool = False, threads: int = 0,
          attribute_rule: str | Path | AttributeRule | None = None,
-         retrieval: str | Path | RetrievalRule | None = None) -> ExportedModel:
+         retrieval: str | Path | RetrievalRule | None = None,
+         runtime: str = "auto") -> ExportedModel:
     """An exported model, ready to predict and search (see the module docstring).
 
     Args:
@@ -455,17 +457,22 @@ def load(path: str | Path, *, int8: bool = False, flip_test: bool = False, threa
             ``model.int8.onnx`` with ``int8`` or when it is the only model there) or an
             ``.onnx`` file; ``model_card.json`` beside it gives the attribute schema.
         flip_test: average each image with its mirror image (twice the compute).
-        threads: onnxruntime threads (0 = all).
+        threads: the runtime's threads (0 = its default: all).
         attribute_rule: None = ``attribute_rule.json`` beside the model if calibrate wrote one,
             else per image (sigmoid >= 0.5, argmax); "plain"; a rule file; an AttributeRule.
         retrieval: None = ``retrieval.json`` beside the model if calibrate wrote one, else
             cosine distance; "plain"; a rule file; a RetrievalRule.
+        runtime: what runs the model, one of :data:`tfmarket.serving.embed.RUNTIMES`:
+            "auto" (by the file's extension: onnxruntime for ``.onnx``), "onnxruntime", or
+            "openvino" (the same ``.onnx`` file in OpenVINO; ``pip install
+            'tfmarket[openvino]'``).
 
     Raises:
-        TfmarketError: no model there, not a tfmarket export, or a bad rule file.
+        TfmarketError: no model there, not a tfmarket export, a bad rule file, or a runtime
+            that is unknown or not installed.
     """
     return ExportedModel(model_file(path, int8), flip_test=flip_test, threads=threads,
-                         attribute_rule=attribute_rule, retrieval=retrieval)
+                         attribute_rule=attribute_rule, retrieval=retrieval, runtime=runtime)
 
 
 def _tensorflow_quietly() -> None:

@@ -99,5 +99,29 @@ def quantize_static_int8(onnx_path: str | Path, out_path: str | Path,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             calibration_cache_path=None,
+            nodes_to_exclude=one_wide_nodes(prepared),
         )
     return Path(out_path)
+
+
+def one_wide_nodes(path: str | Path) -> list[str]:
+    """The nodes of a shape-inferred ONNX model with an output of one channel (axis 1 of size
+    1: [N, 1], [N, 1, H, W]), which static int8 leaves in float.
+
+    In tfmarket's graphs these are the binary attribute heads (a one-unit Gemm and its Sigmoid)
+    and the embedding's L2 norm: a tenth of a per cent of the compute. OpenCV DNN 5.0's engine
+    quantises such a tensor to uint8 as all zeros (its QuantizeLinear is right for int8 and for
+    two or more channels), so every binary head read 0.5; in float they run alike everywhere.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    shapes = {info.name: info.type.tensor_type.shape for info in
+              [*graph.value_info, *graph.output]}
+
+    def one_wide(name: str) -> bool:
+        shape = shapes.get(name)
+        return (shape is not None and len(shape.dim) >= 2
+                and shape.dim[1].HasField("dim_value") and shape.dim[1].dim_value == 1)
+
+    return [node.name for node in graph.node if node.name and any(map(one_wide, node.output))]

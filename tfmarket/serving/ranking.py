@@ -96,7 +96,7 @@ def rank(model: str | Path, out: str | Path, *, data: str | None = None, dataset
          retrieval: str | None = None, rerank: bool = False, k1: int | None = None,
          k2: int | None = None, lambda_value: float | None = None, search: str = "exact",
          flip_test: bool = False, attribute_rule: str | None = None, batch_size: int = 64,
-         threads: int = 0, visualize: int = 0) -> dict:
+         threads: int = 0, visualize: int = 0, runtime: str = "auto") -> dict:
     """Ranks the gallery for each query with the exported ``model`` (an .onnx file) and writes
     ``rank``'s files into ``out``; returns the summary (``summary.json`` plus the timings).
 
@@ -126,7 +126,7 @@ def rank(model: str | Path, out: str | Path, *, data: str | None = None, dataset
             f"({retrieval_rule.describe()}{f', from {retrieval_file}' if retrieval_file else ''})"
             " needs the full distance matrix; use --search exact, or --retrieval plain")
     predictor = ExportedModel(model, flip_test=flip_test, threads=threads, attribute_rule=rule,
-                              retrieval=retrieval_rule)
+                              retrieval=retrieval_rule, runtime=runtime)
     schema = predictor.schema  # the model's attribute heads (its card's schema)
     heads = schema.head_sizes
     out.mkdir(parents=True, exist_ok=True)

@@ -41,13 +41,15 @@ def shard_files(paths: list[str], index: int, count: int) -> list[str]:
     return [ordered[i] for i in blocks[index]]
 
 
-def embed_store(model_path: str, paths: list[str], batch_size: int = 64) -> dict:
-    """Embeds image files with an exported ONNX model -> a store dict."""
+def embed_store(model_path: str, paths: list[str], batch_size: int = 64,
+                runtime: str = "auto") -> dict:
+    """Embeds image files with an exported model, in ``runtime``
+    (:func:`tfmarket.serving.embed.open_embedder`) -> a store dict."""
     from tfmarket.data.check import require_readable
     from tfmarket.serving.embed import open_embedder
 
     require_readable(paths)
-    embedder = open_embedder(model_path)
+    embedder = open_embedder(model_path, runtime)
     schema = embedder.schema
     out = embedder.embed_files(paths, batch_size)
     heads = schema.head_sizes
@@ -153,11 +155,12 @@ def filter_ids(attributes: np.ndarray, conditions: list[tuple[int, int]]) -> np.
 def search_store(model: str | Path, store_path: str | Path, query: str | Path, *,
                  index_path: str | Path | None = None, where: str | None = None,
                  topk: int = 20, exact_filtered_below: int = 50_000,
-                 batch_size: int = 64) -> tuple[dict, dict]:
+                 batch_size: int = 64, runtime: str = "auto") -> tuple[dict, dict]:
     """Ranks a store's images for each image of the ``query`` folder, optionally only those
     whose attributes meet ``where`` (:func:`parse_filter`), by exact cosine search or the faiss
     index at ``index_path`` (exactly over the allowed images when at most
-    ``exact_filtered_below`` match).
+    ``exact_filtered_below`` match). The queries are embedded in ``runtime``
+    (:func:`tfmarket.serving.embed.open_embedder`).
 
     Returns:
         ({query file name: [{"file", "distance"}, ...] best first}, {"queries", "search",
@@ -169,7 +172,7 @@ def search_store(model: str | Path, store_path: str | Path, query: str | Path, *
 
     store = load_store(store_path)
     queries = [str(p) for p in list_images(query)]
-    q_emb = open_embedder(model).embed_files(queries, batch_size)["embedding"]
+    q_emb = open_embedder(model, runtime).embed_files(queries, batch_size)["embedding"]
     allowed = (filter_ids(store["attributes"], parse_filter(where, store_columns(store)))
                if where else None)
     if allowed is not None and len(allowed) == 0:
