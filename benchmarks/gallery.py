@@ -3,7 +3,7 @@ with 1 and 2 actors, and the peak memory of ``gallery index`` from a Parquet (Ra
 against a ``.npz`` store of the same embeddings.
 
     .venv/bin/python benchmarks/gallery.py --model exports/cpu/model.onnx \\
-        [--images ../shared/data/market1501-course/test] [--count 2000] [--rounds 3] \\
+        [--images ../shared/data/market1501-course/test] [--count 1500] [--rounds 3] \\
         [--index-rows 1000000] [--dim 2048] [--json benchmarks/results/gallery.json]
     .venv/bin/python benchmarks/gallery.py --model M --quick  # 200 images, 1 round, 20k x 256
 
@@ -24,8 +24,9 @@ Market-1501's attribute columns and probabilities, written once as a Parquet sto
 ``--shard-rows``, by the functions Ray's workers use) and as a ``.npz`` store (streamed to
 disk: neither ever exists whole in this process); then ``gallery index`` runs on each in a
 fresh process under ``/usr/bin/time -v`` (its maximum resident set size, wall time) with
-``--index-args`` (default ivfpq-refine with nlist 256, m 128: the kind docs/distributed.md
-recommends for millions, with few cells so training stays short). The data files go to
+``--index-args`` (default ivfpq-refine with m 128: the kind docs/distributed.md recommends for
+millions, with 64 cells so that assigning a million vectors stays short; memory hardly
+depends on the cells). The data files go to
 ``--workdir`` (default: a temporary folder, deleted afterwards; about 2 x rows x dim x 4 bytes).
 """
 
@@ -52,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "market1501-course" / "test"
-INDEX_ARGS = "--kind ivfpq-refine --nlist 256 --m 128 --nprobe 16"
+INDEX_ARGS = "--kind ivfpq-refine --nlist 64 --m 128 --nprobe 16"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="an exported model (.onnx)")
     p.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of real crops")
-    p.add_argument("--count", type=int, default=2000, help="images embedded per run")
+    p.add_argument("--count", type=int, default=1500, help="images embedded per run")
     p.add_argument("--rounds", type=int, default=3, help="rounds of every row")
     p.add_argument("--ray-rows", default="1x1,2x1",
                    help="Ray rows as ACTORSxTHREADS, comma-separated (default %(default)s)")
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep --workdir's files")
     p.add_argument("--json", help="write every measurement to this JSON file")
     p.add_argument("--quick", action="store_true",
-                   help="200 images, 1 round, a 20,000 x 256 index (smoke run)")
+                   help="200 images, 1 round, a 20,000 x 256 index with nlist 64, m 16 "
+                        "(smoke run)")
     return p
 
 
@@ -289,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
         args.count, args.rounds, args.index_rows, args.dim = 200, 1, 20_000, 256
+        if args.index_args == INDEX_ARGS:
+            args.index_args = "--kind ivfpq-refine --nlist 64 --m 16 --nprobe 16"
     info = machine_info()
     print(f"CPU: {info['cpu']}, {info['affinity_cpus'] or info['cpus']} cores", flush=True)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="tfmarket-gallery-bench-"))

@@ -128,6 +128,20 @@ def test_index_search_and_the_api_read_the_parquet_store(stores, exported, cours
     np.testing.assert_allclose(from_store.distances, from_images.distances, atol=1e-5)
 
 
+def test_the_local_engine_imports_no_ray(exported, course_synth, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom tfmarket.gallery import main\n"
+            f"assert main(['embed', '--model', {str(exported[0] / 'model.onnx')!r}, '--images', "
+            f"{str(course_synth / 'queries')!r}, '--out', {str(tmp_path / 'q.npz')!r}]) == 0\n"
+            f"assert main(['index', {str(tmp_path / 'q.npz')!r}, '--out', "
+            f"{str(tmp_path / 'q.faiss')!r}]) == 0\n"
+            "assert 'ray' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def _actor_pids() -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -166,7 +180,6 @@ def test_a_worker_killed_mid_run_leaves_every_image_once(local_ray, exported, im
                      "--batch-size", "2")
     killer.join(timeout=5)
     assert killed, "no actor was found to kill"
-    print("KILLED", killed)
     assert not killed["finished"] and killed["shards_before"] < 32, killed  # really mid-run
     assert killed["pid"] not in _actor_pids()
     store = load_store(out)
