@@ -30,7 +30,7 @@ ACTOR = "EmbedShard"  # in the process title of every actor of the pool
 def local_ray():
     import logging
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
              object_store_memory=200 * 1024 * 1024)
     yield
     ray.shutdown()
@@ -38,10 +38,15 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def images(course_synth, tmp_path_factory):
-    """(the synthetic test folder, a corrupt JPEG in a folder of its own)."""
-    bad = tmp_path_factory.mktemp("bad") / "broken.jpg"
-    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG" + bytes(range(256)))
-    return course_synth / "test", bad
+    """(the synthetic test folder, [unreadable files in a folder of their own]): a corrupt
+    JPEG (Pillow refuses it), and a TIFF named .jpg (Pillow reads it, TensorFlow does not)."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("bad")
+    broken = folder / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG" + bytes(range(256)))
+    Image.new("RGB", (64, 128), (90, 20, 200)).save(folder / "tiff_inside.jpg", format="TIFF")
+    return course_synth / "test", [broken, folder / "tiff_inside.jpg"]
 
 
 def _embed(*args) -> dict:
@@ -60,8 +65,9 @@ def stores(local_ray, exported, images, tmp_path_factory):
     root = tmp_path_factory.mktemp("ray_stores")
     model = str(exported[0] / "model.onnx")
     _embed("--model", model, "--images", str(folder), "--out", str(root / "local.npz"))
-    summary = _embed("--engine", "ray", "--model", model, "--images", str(folder), str(bad),
-                     "--out", str(root / "ray"), "--shard-size", "16", "--batch-size", "8")
+    summary = _embed("--engine", "ray", "--model", model, "--images", str(folder),
+                     *(str(b) for b in bad), "--out", str(root / "ray"), "--shard-size", "16",
+                     "--batch-size", "8")
     return root / "local.npz", root / "ray", summary
 
 
@@ -76,30 +82,38 @@ def _assert_same_store(ray_store: dict, local: dict) -> None:
     assert str(ray_store["model"]) == str(local["model"])
 
 
-def test_ray_store_equals_the_local_engines(stores):
+def test_ray_store_equals_the_local_engines(stores, images):
     local_path, ray_path, summary = stores
     local, ray_store = load_store(local_path), load_store(ray_path)
     assert len(local["files"]) == 63
     _assert_same_store(ray_store, local)
     manifest = json.loads((ray_path / "manifest.json").read_text())
-    assert [s["file"] for s in manifest["shards"]] == [f"part-{i:06d}.parquet" for i in range(4)]
-    # 64 files listed (sorted: the corrupt one's folder sorts first), the corrupt one left out
-    assert [s["rows"] for s in manifest["shards"]] == [15, 16, 16, 16]
+    # 65 files listed and sorted, cut into shards of 16; the two unreadable ones left out
+    listed = sorted([*local["files"].tolist(), *(str(b) for b in images[1])])
+    rows = [sum(f in set(local["files"].tolist()) for f in listed[i:i + 16])
+            for i in range(0, 65, 16)]
+    assert [s["rows"] for s in manifest["shards"]] == rows and sum(rows) == 63
+    assert [s["file"] for s in manifest["shards"]] == [f"part-{i:06d}.parquet" for i in range(5)]
     assert manifest["embedding_dim"] == local["embedding"].shape[1]
-    assert summary["images"] == 63 and summary["shards"] == 4 and summary["actors"] == 2
+    assert summary["images"] == 63 and summary["shards"] == 5 and summary["actors"] == 2
     assert summary["store_bytes"] == sum(p.stat().st_size for p in ray_path.iterdir())
     assert not list(ray_path.glob("*.tmp"))
 
 
-def test_an_unreadable_image_is_reported_and_skipped(stores, images):
+def test_unreadable_images_are_reported_and_skipped(stores, images):
     _, ray_path, summary = stores
-    bad = str(images[1])
-    assert summary["errors"] == 1 and summary["errors_file"] == str(ray_path / "errors.csv")
-    lines = (ray_path / "errors.csv").read_text().splitlines()
-    assert lines[0] == "file,error" and len(lines) == 2
-    assert lines[1].startswith(f"{bad},cannot decode")
-    assert json.loads((ray_path / "manifest.json").read_text())["errors"] == 1
-    assert bad not in load_store(ray_path)["files"].tolist()
+    broken, tiff = (str(b) for b in images[1])
+    assert summary["errors"] == 2 and summary["errors_file"] == str(ray_path / "errors.csv")
+    import csv
+
+    with open(ray_path / "errors.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["file", "error"] and [r[0] for r in rows[1:]] == [broken, tiff]
+    assert rows[1][1].startswith("cannot decode:")  # Pillow's check refused it
+    # Pillow reads a TIFF, TensorFlow's decoder (the one that decides the pixels) does not
+    assert rows[2][1].startswith("cannot decode: Unknown image file format"), rows[2]
+    assert json.loads((ray_path / "manifest.json").read_text())["errors"] == 2
+    assert not {broken, tiff} & set(load_store(ray_path)["files"].tolist())
 
 
 def test_index_search_and_the_api_read_the_parquet_store(stores, exported, course_synth,

@@ -152,7 +152,7 @@ class EmbedShard:
     Input batch (numpy): ``shard`` int [B], ``files`` [B] lists of paths/URIs. Output batch:
     one row per shard: ``shard``, ``file`` (its Parquet file, "" when no image could be
     read), ``rows``, ``bytes``, ``errors`` (JSON [[file, reason]]), ``start`` / ``end`` (Unix
-    seconds), ``host``, ``pid``.
+    seconds) and ``host``.
     """
 
     def __init__(self, model_files: dict[str, bytes] | list, model_name: str, out: str, *,
@@ -199,7 +199,7 @@ class EmbedShard:
             size = write_shard(self.fs, self.root, name, table)
         return {"shard": shard, "file": name, "rows": len(good), "bytes": size,
                 "errors": json.dumps(errors), "start": start, "end": time.time(),
-                "host": socket.gethostname(), "pid": os.getpid()}
+                "host": socket.gethostname()}
 
     def read(self, files: list[str]) -> tuple[dict[str, bytes], list[list[str]]]:
         """{file: its bytes} of the files that decode (Pillow, as the local engine's check),
@@ -255,7 +255,7 @@ class EmbedShard:
                 self.decode(tf.constant(data))
                 good[name] = data
             except tf.errors.OpError as exc:
-                errors.append([name, f"cannot decode: {exc.message}"])
+                errors.append([name, f"cannot decode: {_op_message(exc.message)}"])
         return self.infer(list(good.values())), list(good)
 
     def decode(self, data):
@@ -281,6 +281,14 @@ class EmbedShard:
         return {key: np.concatenate(value) for key, value in parts.items()}
 
 
+def _op_message(text: str) -> str:
+    """TensorFlow's error without its op decorations ("{{function_node ...}} Unknown image
+    file format. ... [Op:DecodeImage] name: " -> "Unknown image file format. ...")."""
+    import re
+
+    return re.sub(r"\{\{.*?\}\}\s*", "", text).split(" [Op:")[0].strip()
+
+
 # --- the driver --------------------------------------------------------------------------------
 
 
@@ -294,8 +302,8 @@ def connect(ray, address: str | None, verbose: bool = False) -> bool:
     try:
         if address:
             ray.init(address=address, **kwargs)
-        else:
-            ray.init(include_dashboard=False, **kwargs)
+        else:  # "local": a new instance, even where `ray start` left one (--address auto)
+            ray.init(address="local", include_dashboard=False, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise TfmarketError(f"cannot start or join Ray at {address or 'a local instance'}: "
                             f"{exc}") from None
@@ -365,6 +373,7 @@ def embed_with_ray(model: str | Path, sources: list[str], out: str, *,
         "out": str(out), "engine": "ray", "images": images, "errors": len(errors),
         "errors_file": ps.join(str(out), ps.ERRORS) if errors else None,
         "shards": len(shards), "actors": results["actors"], "threads": threads,
+        "hosts": results["hosts"],
         "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 1),
         "embedding_seconds": round(span, 2),
         "embedding_images_per_s": round(images / span, 1) if span > 0 else None,
@@ -423,4 +432,5 @@ def _run(ray, paths: list[str], out: str, model, model_name: str, *, actors: int
     starts = [float(r["start"]) for r in done.values()]
     ends = [float(r["end"]) for r in done.values()]
     span = max(ends) - min(starts) if done else 0.0
-    return {"shards": shards, "errors": errors, "span": span, "actors": actors}
+    return {"shards": shards, "errors": errors, "span": span, "actors": actors,
+            "hosts": len({str(r["host"]) for r in done.values()})}
