@@ -118,3 +118,24 @@ def test_unfinished_and_foreign_stores_are_refused(tmp_path):
     (tmp_path / "k" / "part-000001.parquet").unlink()
     with pytest.raises(DataError, match="part-000001.parquet unreadable"):
         load_store(tmp_path / "k")
+
+
+def test_the_ray_actors_model_cache(tmp_path, monkeypatch):
+    """One copy per model and machine, found again by its hash; copies unused for a week go."""
+    import os
+    import tempfile
+    import time
+
+    from tfmarket.serving.ray_embed import local_model
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale = tmp_path / "tfmarket-ray-models" / "0123456789abcdef0123"
+    stale.mkdir(parents=True)
+    os.utime(stale, (time.time() - 8 * 86400,) * 2)
+    files = {"model.onnx": b"onnx bytes", "model_card.json": b"{}"}
+    path = local_model(files, "model.onnx")
+    assert path.read_bytes() == b"onnx bytes" and (path.parent / "model_card.json").is_file()
+    assert not stale.exists()
+    assert local_model(dict(files), "model.onnx") == path
+    assert local_model({**files, "model.onnx": b"other"}, "model.onnx") != path
+    assert len(list((tmp_path / "tfmarket-ray-models").iterdir())) == 2

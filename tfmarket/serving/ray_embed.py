@@ -45,6 +45,7 @@ from tfmarket.errors import DataError, TfmarketError
 
 INSTALL = "pip install 'tfmarket[ray]'"
 MAX_SHARD = 4096  # images a shard holds at most (~32 MB of 2048-d embeddings)
+MODEL_CACHE_DAYS = 7  # a node's copy of a model no actor has used for this long is deleted
 
 
 def import_ray():
@@ -122,13 +123,26 @@ def model_files(model_path: str | Path) -> dict[str, bytes]:
 
 
 def local_model(files: dict[str, bytes], name: str) -> Path:
-    """Writes the model files once per machine (a folder named by their hash, created by an
-    atomic rename, so actors and their restarts share one copy); returns the model's path."""
+    """Writes the model files once per machine (``$TMPDIR/tfmarket-ray-models/<hash>``,
+    created by an atomic rename, so actors, their restarts and later runs share one copy);
+    returns the model's path. Copies unused for :data:`MODEL_CACHE_DAYS` are deleted."""
+    import shutil
+
     digest = hashlib.sha256()
     for key in sorted(files):
         digest.update(key.encode() + b"\0" + files[key])
-    folder = Path(tempfile.gettempdir()) / "tfmarket-ray-models" / digest.hexdigest()[:20]
-    if not (folder / name).is_file():
+    cache = Path(tempfile.gettempdir()) / "tfmarket-ray-models"
+    folder = cache / digest.hexdigest()[:20]
+    stale = time.time() - MODEL_CACHE_DAYS * 86400
+    for old in cache.glob("*") if cache.is_dir() else []:
+        try:
+            if old != folder and old.stat().st_mtime < stale:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:  # another actor removed it first
+            pass
+    if (folder / name).is_file():
+        os.utime(folder)  # in use: not stale
+    else:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=folder.parent))
         for key, data in files.items():
@@ -136,8 +150,6 @@ def local_model(files: dict[str, bytes], name: str) -> Path:
         try:
             os.rename(staging, folder)
         except OSError:  # another actor got there first
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)
     return folder / name
 
