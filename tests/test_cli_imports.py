@@ -14,6 +14,7 @@ CHECK = (
     "    pass\n"
     "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
     "assert 'keras' not in sys.modules, 'keras imported'\n"
+    "assert 'ray' not in sys.modules, 'ray imported'\n"
 )
 
 
@@ -40,6 +41,7 @@ TF_FREE = [
     "tfmarket.serving.store", "tfmarket.serving.calibration", "tfmarket.serving.export",
     "tfmarket.serving.report", "tfmarket.serving.submission", "tfmarket.serving.quantize",
     "tfmarket.serving.onnx_ops", "tfmarket.serving.openvino_runtime",
+    "tfmarket.serving.parquet_store", "tfmarket.serving.ray_embed",
     "tfmarket.retrieval.metrics", "tfmarket.retrieval.attribute_metrics",
     "tfmarket.retrieval.search", "tfmarket.retrieval.rerank", "tfmarket.retrieval.cluster",
     "tfmarket.retrieval.retrieval_rule", "tfmarket.retrieval.attribute_rule",

@@ -5,6 +5,10 @@ attribute filters, for galleries too large for one process.
     python -m tfmarket.gallery embed --model M.onnx --images DIR --shard 0/4 --out s0.npz
     python -m tfmarket.gallery merge s0.npz s1.npz s2.npz s3.npz --out gallery.npz
     python -m tfmarket.gallery index gallery.npz --kind ivf --out gallery.faiss
+    # or on Ray (a local instance, --address auto, or ray://head:10001): one command, the
+    # workers write Parquet shards and a manifest into the folder gallery/; no merge needed
+    python -m tfmarket.gallery embed --engine ray --model M.onnx --images DIR --out gallery/
+    python -m tfmarket.gallery index gallery/ --kind ivf --out gallery.faiss
     #   (millions of images: --kind ivfpq-refine --nlist 4096 --m 128 --nprobe 32 --k-factor 8)
     # query by image and attributes together
     python -m tfmarket.gallery search --model M.onnx --store gallery.npz --index gallery.faiss \
@@ -15,7 +19,8 @@ A store (``.npz``) holds ``files`` [N], ``embedding`` float32 [N, D] (L2-normali
 names: the model card's attribute schema, Market-1501's 27 or DukeMTMC-reID's 23; stores
 without it are Market-1501's), ``prob_<head>`` and the model's name; shards are contiguous
 blocks of the sorted file list, so merging restores that order. ``--where`` names the store's
-columns.
+columns. A Parquet store (``--engine ray``) is a folder of the same columns in shards, read
+shard by shard by ``index`` (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from tfmarket.errors import TfmarketError
@@ -31,14 +37,33 @@ from tfmarket.serving.embed import RUNTIME_HELP, RUNTIMES
 
 
 def _cmd_embed(args) -> dict:
+    if args.engine == "ray":
+        if args.shard != "0/1":
+            raise TfmarketError("--shard is for --engine local; Ray splits the images itself")
+        from tfmarket.serving.ray_embed import embed_with_ray
+
+        return embed_with_ray(args.model, args.images, args.out, address=args.address,
+                              actors=args.actors, threads=args.threads or 1,
+                              runtime=args.runtime, flip_test=args.flip_test,
+                              batch_size=args.batch_size, shard_size=args.shard_size,
+                              verbose=args.verbose)
+    given = [f for f, v in (("--address", args.address), ("--actors", args.actors),
+                            ("--shard-size", args.shard_size)) if v]
+    if given:
+        raise TfmarketError(f"{', '.join(given)}: only for --engine ray")
     from tfmarket.data.filenames import list_images
     from tfmarket.serving.store import embed_store, parse_shard, save_store, shard_files
 
+    began = time.perf_counter()
     index, count = parse_shard(args.shard)
-    paths = shard_files(list_images(args.images), index, count)
-    store = embed_store(args.model, paths, args.batch_size, runtime=args.runtime)
+    found = [p for folder in args.images for p in list_images(folder)]
+    paths = shard_files(found, index, count)
+    store = embed_store(args.model, paths, args.batch_size, runtime=args.runtime,
+                        threads=args.threads or 0, flip_test=args.flip_test)
     save_store(store, args.out)
-    return {"out": args.out, "shard": args.shard, "images": len(paths)}
+    seconds = time.perf_counter() - began
+    return {"out": args.out, "shard": args.shard, "images": len(paths),
+            "seconds": round(seconds, 2), "images_per_s": round(len(paths) / seconds, 1)}
 
 
 def _cmd_merge(args) -> dict:
@@ -52,12 +77,14 @@ def _cmd_merge(args) -> dict:
 def _cmd_index(args) -> dict:
     import faiss
 
-    from tfmarket.retrieval.search import build_faiss_index
-    from tfmarket.serving.store import load_store
+    from tfmarket.serving.store import index_store
 
-    store = load_store(args.store)
-    index = build_faiss_index(store["embedding"], kind=args.kind, nlist=args.nlist, m=args.m,
-                              nprobe=args.nprobe, k_factor=args.k_factor, refine=args.refine)
+    try:
+        index = index_store(args.store, kind=args.kind, train_size=args.train_size,
+                            nlist=args.nlist, m=args.m, nprobe=args.nprobe,
+                            k_factor=args.k_factor, refine=args.refine)
+    except ValueError as exc:  # faiss's size checks (nlist, m) on this store
+        raise TfmarketError(f"{args.store}: {exc}") from None
     faiss.write_index(index, str(args.out))
     return {"out": args.out, "kind": args.kind, "images": int(index.ntotal)}
 
@@ -81,20 +108,42 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", action="store_true",
                         help="show TensorFlow's log lines and every warning")
     sub = parser.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("embed", parents=[common], help="embed one shard of a folder into a store")
+    e = sub.add_parser("embed", parents=[common],
+                       help="embed images into a store (one shard of them, or all on Ray)")
     e.add_argument("--model", required=True)
-    e.add_argument("--images", required=True)
-    e.add_argument("--shard", default="0/1", help="I/N: this process's block (default 0/1)")
-    e.add_argument("--out", required=True)
+    e.add_argument("--images", required=True, nargs="+", metavar="URI",
+                   help="folders (or, with --engine ray, files and URIs pyarrow opens: "
+                        "s3://bucket/crops)")
+    e.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="local: this process, a .npz store (default); ray: a Ray Data actor "
+                        "pool, a Parquet store folder (needs tfmarket[ray])")
+    e.add_argument("--shard", default="0/1",
+                   help="--engine local: I/N, this process's block (default 0/1)")
+    e.add_argument("--out", required=True,
+                   help="local: the .npz file; ray: a new folder or URI (every node writes "
+                        "there; gallery merge is not needed)")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
+    e.add_argument("--flip-test", action="store_true",
+                   help="also embed each image mirrored and average (twice the compute)")
+    e.add_argument("--threads", type=int, default=0,
+                   help="onnxruntime threads: local, 0 = all cores (default); ray, per actor "
+                        "(default 1)")
+    e.add_argument("--address", help="ray: the cluster (auto, ray://head:10001; default: "
+                                     "start a local Ray)")
+    e.add_argument("--actors", type=int, default=0,
+                   help="ray: actor-pool size (default: the cluster's CPUs / --threads)")
+    e.add_argument("--shard-size", type=int, default=0,
+                   help="ray: images per Parquet shard (default: about 8 shards an actor, "
+                        "64 to 4096)")
     e.set_defaults(func=_cmd_embed)
-    m = sub.add_parser("merge", parents=[common], help="merge shard stores into one")
+    m = sub.add_parser("merge", parents=[common],
+                       help="merge .npz shard stores into one (a --engine ray store needs none)")
     m.add_argument("stores", nargs="+")
     m.add_argument("--out", required=True)
     m.set_defaults(func=_cmd_merge)
     i = sub.add_parser("index", parents=[common], help="build a faiss index over a store")
-    i.add_argument("store")
+    i.add_argument("store", help="a .npz store or a Parquet store folder (read shard by shard)")
     i.add_argument("--kind", default="flat", choices=FAISS_KINDS,
                    help="ivfpq-refine: IVF-PQ candidates re-ranked by 8-bit (or fp16) codes, "
                         "near-exact at D (2D) bytes a vector")
@@ -105,12 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ivfpq-refine: candidates re-ranked per wanted result (default 8)")
     i.add_argument("--refine", default="sq8", choices=REFINE_TYPES,
                    help="ivfpq-refine: re-ranking codes, sq8 (D bytes a vector) or fp16 (2D)")
+    i.add_argument("--train-size", type=int, default=0, metavar="N",
+                   help="IVF kinds: train on N vectors sampled from the store (default: a "
+                        ".npz store's all; a Parquet store's max(40 x nlist, 65536))")
     i.add_argument("--out", required=True)
     i.set_defaults(func=_cmd_index)
     s = sub.add_parser("search", parents=[common],
                        help="rank a store for query images, optionally filtered")
     s.add_argument("--model", required=True)
-    s.add_argument("--store", required=True)
+    s.add_argument("--store", required=True, help="a .npz store or a Parquet store folder")
     s.add_argument("--index", help="faiss index of the store (default: exact search)")
     s.add_argument("--query", required=True, help="folder of query images")
     s.add_argument("--where", help='attribute filter, e.g. "upred, backpack, age=2"')
@@ -130,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     from tfmarket.console import import_tensorflow_quietly, print_result, quiet_tensorflow
 
     quiet_tensorflow(args.verbose)
-    if args.command in ("embed", "search"):  # the commands that decode images with TensorFlow
+    # The commands that decode images with TensorFlow here (Ray's actors import their own).
+    if args.command == "search" or (args.command == "embed" and args.engine == "local"):
         import_tensorflow_quietly(args.verbose)
     try:
         result = args.func(args)

@@ -175,8 +175,31 @@ def build_faiss_index(
         and k_factor are stored in it (and saved by ``faiss.write_index``); change them with
         :func:`set_search_params`.
     """
+    index = train_faiss_index(gallery_emb, kind=kind, nlist=nlist, m=m, nbits=nbits,
+                              nprobe=nprobe, seed=seed, k_factor=k_factor, refine=refine)
+    add_to_faiss_index(index, gallery_emb)
+    return index
+
+
+def train_faiss_index(
+    train_emb: np.ndarray,
+    kind: str = "flat",
+    nlist: int = 100,
+    m: int = 16,
+    nbits: int = 8,
+    nprobe: int = 10,
+    seed: int = 1234,
+    k_factor: float = 8.0,
+    refine: str = "sq8",
+):
+    """An empty :func:`build_faiss_index` index trained on ``train_emb`` (float32 [T, D],
+    L2-normalised; a sample of the gallery), to be filled with :func:`add_to_faiss_index` piece
+    by piece, so a gallery too large for memory is never held whole (``flat`` needs no
+    training: ``train_emb`` gives only D). Arguments as :func:`build_faiss_index`; the size
+    checks apply to T.
+    """
     faiss = _import_faiss()
-    g = np.ascontiguousarray(gallery_emb, dtype=np.float32)
+    g = np.ascontiguousarray(train_emb, dtype=np.float32)
     if g.ndim != 2 or len(g) == 0:
         raise ValueError(f"gallery_emb must be a non-empty [M, D] array, got shape {g.shape}")
     num, dim = g.shape
@@ -211,8 +234,6 @@ def build_faiss_index(
                           k_factor=k_factor if kind == "ivfpq-refine" else None)
     else:
         raise ValueError(f"unknown faiss index kind {kind!r}; valid: {', '.join(FAISS_KINDS)}")
-    with _bounded_pq_add(faiss, index):
-        index.add(g)
     return index
 
 

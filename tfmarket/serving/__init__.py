@@ -9,7 +9,10 @@
 * ``quantize``: int8 ONNX (static QDQ and dynamic).
 * ``ranking``: ``rank``'s whole job (inputs, ranking, files, metrics, report).
 * ``calibration``: choosing an export's attribute and retrieval rules on validation.
-* ``store``: the embedding store of ``gallery`` (shards, merge, filtered search).
+* ``store``: the embedding store of ``gallery`` (shards, merge, filtered search, index).
+* ``parquet_store``: the Parquet store many workers write at once (a folder of shards and a
+  manifest), read like a ``.npz`` store; ``ray_embed``: ``gallery embed --engine ray``
+  (Ray Data actors writing it; Ray imported lazily).
 * ``submission``, ``report``, ``npzfile``: the submission files, the HTML ranked-list report,
   and reproducible ``.npz`` files.
 

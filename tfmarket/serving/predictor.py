@@ -7,6 +7,7 @@
     out.attributes                                    # pandas DataFrame, the schema's columns
     hits = model.search(out, gallery="crops/", topk=10, where="upred, backpack")
     hits.files, hits.distances                        # [N, k] ranked file names and distances
+    model.search(out, gallery="gallery/")             # a store of `gallery embed` (.npz, Parquet)
 
 This is the one code path ``python -m tfmarket.rank`` runs too (:mod:`tfmarket.serving.ranking`
 goes through :class:`ExportedModel`): the same decoding and resizing
@@ -349,6 +350,30 @@ class ExportedModel:
             return {name: np.zeros((0,), np.float32) for name in self.embedder.output_names}
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
+    def from_store(self, path: str | Path) -> Prediction:
+        """The :class:`Prediction` an embedding store holds (``python -m tfmarket.gallery
+        embed``: a ``.npz`` file, or a Parquet store folder or URI), read rather than
+        computed; its attributes are decided by this model's rule from the stored
+        probabilities. TfmarketError when the store is another model's (other attribute
+        columns or embedding width) or was embedded with the other flip-test setting."""
+        from tfmarket.serving.store import load_store, store_columns
+
+        store = load_store(path)
+        if store_columns(store) != tuple(self.schema.columns):
+            raise TfmarketError(f"{path}: embedded by a model with other attribute columns "
+                                f"than {self.path}")
+        probe = self.embedder.run(np.zeros((1, self.height, self.width, 3), np.uint8))
+        if store["embedding"].shape[1] != probe["embedding"].shape[1]:
+            raise TfmarketError(f"{path}: {store['embedding'].shape[1]}-d embeddings, "
+                                f"{self.path} makes {probe['embedding'].shape[1]}-d ones")
+        if bool(store.get("flip_test", False)) != self.flip_test:
+            raise TfmarketError(f"{path}: embedded with flip_test="
+                                f"{bool(store.get('flip_test', False))}; load the model "
+                                f"with the same setting")
+        outputs = {"embedding": store["embedding"],
+                   **{h: store[f"prob_{h}"] for h in self.schema.head_sizes}}
+        return Prediction(outputs, [str(f) for f in store["files"]], self.schema, self.decide)
+
     # --- attributes ---
 
     def decide(self, prediction: Prediction, among: Prediction | None = None) -> np.ndarray:
@@ -396,8 +421,9 @@ class ExportedModel:
 
         Args:
             query: a :class:`Prediction`, or images as :meth:`predict` takes them.
-            gallery: a :class:`Prediction`, or images as :meth:`predict` takes them (e.g. a
-                folder of crops).
+            gallery: a :class:`Prediction`, images as :meth:`predict` takes them (e.g. a
+                folder of crops), or an embedding store of this model (``gallery embed``: a
+                ``.npz`` file or a Parquet store folder, :meth:`from_store`).
             topk: results per query (fewer when fewer gallery images are candidates; none
                 when ``where`` matches none).
             where: only gallery images whose decided attributes match, e.g.
@@ -413,8 +439,12 @@ class ExportedModel:
 
         q = query if isinstance(query, Prediction) else self.predict(query,
                                                                       batch_size=batch_size)
-        g = gallery if isinstance(gallery, Prediction) else self.predict(gallery,
-                                                                          batch_size=batch_size)
+        if isinstance(gallery, Prediction):
+            g = gallery
+        elif _is_store(gallery):
+            g = self.from_store(gallery)
+        else:
+            g = self.predict(gallery, batch_size=batch_size)
         queries = q.files if q.files is not None else q.names
         files = g.files if g.files is not None else g.names
         allowed = None
@@ -473,6 +503,14 @@ def load(path: str | Path, *, int8: bool = False, flip_test: bool = False, threa
     """
     return ExportedModel(model_file(path, int8), flip_test=flip_test, threads=threads,
                          attribute_rule=attribute_rule, retrieval=retrieval, runtime=runtime)
+
+
+def _is_store(gallery) -> bool:
+    """A ``.npz`` file, or a Parquet store folder or URI (not a folder of images)."""
+    from tfmarket.serving.parquet_store import is_parquet_store, is_uri
+
+    return isinstance(gallery, (str, Path)) and (
+        str(gallery).endswith(".npz") or is_uri(gallery) or is_parquet_store(gallery))
 
 
 def _tensorflow_quietly() -> None:

@@ -20,7 +20,7 @@ from tfmarket.serving.npzfile import save_npz
 
 STORE_KEYS = ("files", "embedding", "attributes")
 # Keys that hold one value for the whole store (equal in every shard), not one per image.
-STORE_CONSTANTS = ("model", "attribute_columns")
+STORE_CONSTANTS = ("model", "attribute_columns", "flip_test")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -41,28 +41,41 @@ def shard_files(paths: list[str], index: int, count: int) -> list[str]:
     return [ordered[i] for i in blocks[index]]
 
 
-def embed_store(model_path: str, paths: list[str], batch_size: int = 64,
-                runtime: str = "auto") -> dict:
+def embed_store(model_path: str, paths: list[str], batch_size: int = 64, *,
+                runtime: str = "auto", threads: int = 0, flip_test: bool = False) -> dict:
     """Embeds image files with an exported model, in ``runtime``
     (:func:`tfmarket.serving.embed.open_embedder`) -> a store dict."""
     from tfmarket.data.check import require_readable
     from tfmarket.serving.embed import open_embedder
 
     require_readable(paths)
-    embedder = open_embedder(model_path, runtime)
-    schema = embedder.schema
+    embedder = open_embedder(model_path, runtime, threads, flip_test)
     out = embedder.embed_files(paths, batch_size)
+    return {**store_rows(paths, out, embedder.schema),
+            **store_constants(model_path, embedder.schema, flip_test)}
+
+
+def store_rows(paths: list[str], outputs: dict[str, np.ndarray], schema) -> dict:
+    """The per-image part of a store: ``files`` [N], ``embedding`` float32 [N, D],
+    ``attributes`` int8 [N, C] (decided per image: sigmoid >= 0.5, argmax) and ``prob_<head>``
+    [N, k], from an embedder's outputs for ``paths`` (every engine builds its rows here)."""
     heads = schema.head_sizes
-    columns = (schema.predicted_columns({h: out[h] for h in heads}) if heads
+    columns = (schema.predicted_columns({h: outputs[h] for h in heads}) if heads
                else np.ones((len(paths), 0), np.int64))
     return {
         "files": np.array([str(p) for p in paths]),
-        "embedding": out["embedding"].astype(np.float32),
+        "embedding": outputs["embedding"].astype(np.float32),
         "attributes": columns.astype(np.int8),
-        "attribute_columns": np.array(schema.columns, dtype=str),
-        "model": np.array(str(Path(model_path).resolve())),
-        **{f"prob_{h}": out[h] for h in heads},
+        **{f"prob_{h}": outputs[h] for h in heads},
     }
+
+
+def store_constants(model_path: str | Path, schema, flip_test: bool = False) -> dict:
+    """The values a store holds once: the model's path, its attribute columns and (only when
+    set, so stores written before it keep merging) the flip test."""
+    return {"attribute_columns": np.array(schema.columns, dtype=str),
+            "model": np.array(str(Path(model_path).resolve())),
+            **({"flip_test": np.array(True)} if flip_test else {})}
 
 
 def save_store(store: dict, path: str | Path) -> None:
@@ -73,7 +86,16 @@ def save_store(store: dict, path: str | Path) -> None:
 
 
 def load_store(path: str | Path) -> dict:
+    """A ``.npz`` store, or a Parquet store folder (``gallery embed --engine ray``,
+    :mod:`tfmarket.serving.parquet_store`), as one dict of arrays."""
+    from tfmarket.serving.parquet_store import is_parquet_store, is_uri, load_parquet_store
+
+    if is_uri(path) or is_parquet_store(path):
+        return load_parquet_store(path)
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, but not a Parquet embedding store (no "
+                        f"manifest.json or shards)")
     try:
         with np.load(path, allow_pickle=False) as data:
             store = {k: data[k] for k in data.files}
@@ -83,6 +105,52 @@ def load_store(path: str | Path) -> dict:
     if missing:
         raise DataError(f"{path}: not an embedding store (missing {', '.join(missing)})")
     return store
+
+
+def index_store(path: str | Path, *, kind: str = "flat", train_size: int = 0, seed: int = 0,
+                **params):
+    """A faiss index (:func:`tfmarket.retrieval.search.build_faiss_index`; ``params``: nlist,
+    m, nprobe, k_factor, refine) over a store's embeddings, in store order.
+
+    A Parquet store is read shard by shard: IVF kinds train on ``train_size`` rows sampled
+    from the whole store (0: max(40 x nlist, 65,536), what faiss's k-means and PQ training
+    use well), then every shard is added in turn, so memory holds the index, the sample and
+    one shard, never a second copy of every embedding. A ``.npz`` store is loaded whole, as
+    before, and trains on all of it unless ``train_size`` is given.
+    """
+    from tfmarket.retrieval.search import add_to_faiss_index, train_faiss_index
+    from tfmarket.serving.parquet_store import (
+        is_parquet_store,
+        is_uri,
+        iter_shards,
+        read_manifest,
+        sample_embeddings,
+    )
+
+    nlist = params.get("nlist", 100)
+    if is_uri(path) or is_parquet_store(path):
+        manifest = read_manifest(path)
+        if not manifest["images"]:
+            raise DataError(f"{path}: the store holds no images")
+        if kind == "flat":  # nothing to train: the width is all it needs
+            sample = np.zeros((1, manifest["embedding_dim"]), np.float32)
+        else:
+            sample = sample_embeddings(path, train_size or max(40 * nlist, 65_536), seed,
+                                       manifest)
+        index = train_faiss_index(sample, kind=kind, **params)
+        del sample
+        for shard in iter_shards(path, ("embedding",), manifest):
+            add_to_faiss_index(index, shard["embedding"])
+        return index
+    embedding = load_store(path)["embedding"]
+    if train_size and kind != "flat" and train_size < len(embedding):
+        rows = np.sort(np.random.default_rng(seed).choice(len(embedding), train_size,
+                                                          replace=False))
+        index = train_faiss_index(embedding[rows], kind=kind, **params)
+    else:
+        index = train_faiss_index(embedding, kind=kind, **params)
+    add_to_faiss_index(index, embedding)
+    return index
 
 
 def merge_stores(stores: list[dict], names: list[str] | None = None) -> dict:
@@ -172,7 +240,10 @@ def search_store(model: str | Path, store_path: str | Path, query: str | Path, *
 
     store = load_store(store_path)
     queries = [str(p) for p in list_images(query)]
-    q_emb = open_embedder(model, runtime).embed_files(queries, batch_size)["embedding"]
+    # Queries are embedded as the gallery was (the flip test is recorded in the store).
+    flip_test = bool(store.get("flip_test", False))
+    q_emb = open_embedder(model, runtime, flip_test=flip_test).embed_files(
+        queries, batch_size)["embedding"]
     allowed = (filter_ids(store["attributes"], parse_filter(where, store_columns(store)))
                if where else None)
     if allowed is not None and len(allowed) == 0:
