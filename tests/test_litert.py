@@ -194,3 +194,23 @@ def test_litert_parity_failure_aborts_and_leaves_nothing(litert_export, tmp_path
         export_module.export_run(Path(card["source_run"]), out, litert=True, parity_images=2)
     assert not out.exists()
     assert not list(tmp_path.iterdir()), "no staging folder left behind"
+
+
+def test_docs_litert_snippet_runs_without_tensorflow(litert_export, course_synth, tmp_path):
+    """docs/export_serving.md's Raspberry Pi snippet, on the tiny export: no TensorFlow needed,
+    and its embedding is the one tfmarket's embedder gives (up to the resize)."""
+    import re
+    import subprocess
+
+    out, _ = litert_export
+    page = (Path(__file__).resolve().parents[1] / "docs" / "export_serving.md").read_text()
+    section = page[page.index("## LiteRT"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    shutil.copy(out / "model.int8.tflite", tmp_path / "model.int8.tflite")
+    shutil.copy(sorted((course_synth / "test").iterdir())[0], tmp_path / "person.jpg")
+    check = ("\nimport sys\nassert 'tensorflow' not in sys.modules\n"
+             "assert abs(float((out['embedding'] ** 2).sum()) - 1) < 1e-4\n"
+             "assert 0 <= float(out['gender'][0, 0]) <= 1\n")
+    proc = subprocess.run([sys.executable, "-c", code + check], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
