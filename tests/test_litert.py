@@ -112,9 +112,9 @@ def test_gallery_api_and_calibrate_serve_tflite(litert_export, course_synth, tmp
 
     out, card = litert_export
     images = str(course_synth / "test")
-    for name in ("model.onnx", "model.tflite"):
+    for name in ("model.onnx", "model.tflite"):  # batches of 7: the last one is smaller
         assert gallery_main(["embed", "--model", str(out / name), "--images", images,
-                             "--out", str(tmp_path / f"{name}.npz")]) == 0
+                             "--batch-size", "7", "--out", str(tmp_path / f"{name}.npz")]) == 0
     onnx, tflite = (load_store(tmp_path / f"{n}.npz") for n in ("model.onnx", "model.tflite"))
     assert tflite["files"].tolist() == onnx["files"].tolist()
     np.testing.assert_allclose(tflite["embedding"], onnx["embedding"], atol=1e-5)
@@ -160,6 +160,10 @@ def test_bad_tflite_files_and_runtimes_give_clear_errors(litert_export, course_s
         open_embedder(tmp_path / "missing.tflite")
     with pytest.raises(TfmarketError, match="unknown runtime"):
         open_embedder(out / "model.tflite", runtime="tflite")
+    assert type(open_embedder(out / "model.tflite", runtime="litert")).__name__ == \
+        "LiteRTEmbedder"
+    with pytest.raises(TfmarketError, match="threads must be >= 0"):
+        open_embedder(out / "model.tflite", threads=-1)
     assert rank_main(["--model", str(bad), "--data", str(course_synth),
                       "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err

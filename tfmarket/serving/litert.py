@@ -68,6 +68,8 @@ class LiteRTModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise TfmarketError(f"{self.path}: model file not found")
+        if int(threads) < 0:
+            raise TfmarketError(f"threads must be >= 0 (0 = every core), got {threads}")
         self.threads = int(threads) or _usable_cores()
         try:
             self.interpreter = interpreter(model_path=str(self.path), num_threads=self.threads)
