@@ -88,7 +88,7 @@ def _phases_child(workdir: str, out: str, flags: list[str]) -> None:
 
     with PhaseSampler() as sampler:
         export_run(Path(workdir), Path(out), onnx="--onnx" in flags, int8="--int8" in flags,
-                   on_phase=sampler.enter)
+                   litert="--litert" in flags, on_phase=sampler.enter)
     print(json.dumps({"phases": [{"phase": p, "start": sampler.starts[p],
                                   "peak": sampler.peaks.get(p, 0)} for p in sampler.order]}))
 

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tfmarket.calibrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="the run directory the model came from")
-    parser.add_argument("--model", help="exported model.onnx (default: exports/<run>/model.onnx)")
+    parser.add_argument("--model", help="exported model.onnx or model.tflite (default: "
+                        "exports/<run>/model.onnx)")
     parser.add_argument("--flip-test", action="store_true",
                         help="average each image with its mirror image (as rank --flip-test)")
     parser.add_argument("--max-ma-drop", type=float, default=0.02,

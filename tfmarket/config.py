@@ -117,6 +117,7 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     onnx: bool = False  # also written with --onnx
+    litert: bool = False  # model.tflite (LiteRT), also written with --litert
     opset: int = 17
     parity_tolerance: float = 1e-4
     quantize_int8: bool = False

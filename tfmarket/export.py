@@ -1,6 +1,6 @@
-"""``python -m tfmarket.export``: a trained run -> SavedModel (+ ONNX) with a model card.
+"""``python -m tfmarket.export``: a trained run -> SavedModel (+ ONNX, + LiteRT) with a model card.
 
-    python -m tfmarket.export --workdir runs/NAME [--onnx] [--out exports/NAME] [--int8]
+    python -m tfmarket.export --workdir runs/NAME [--onnx] [--litert] [--out exports/NAME] [--int8]
 
 The exported graph takes uint8 images [B, H, W, 3] at the training size (dynamic batch) and
 contains the normalisation, so callers only decode and resize (``tfmarket.preprocess``).
@@ -8,8 +8,9 @@ Outputs: ``embedding`` [B, D] (L2-normalised) and every attribute head's probabi
 run's attribute schema, ``schema.json``, is written into ``model_card.json``).
 
 A parity check runs at export time on real images (the run's validation/training images):
-the max absolute difference between Keras, the SavedModel and onnxruntime outputs must be within
-``export.parity_tolerance`` (default 1e-4) or the export is aborted and nothing is left behind.
+the max absolute difference between Keras, the SavedModel, onnxruntime and LiteRT outputs must be
+within ``export.parity_tolerance`` (default 1e-4) or the export is aborted and nothing is left
+behind.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", required=True, help="a run directory of tfmarket.train")
     parser.add_argument("--out", help="output folder (default: exports/<run name>)")
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx")
+    parser.add_argument("--litert", action="store_true",
+                        help="also write model.tflite (LiteRT, float32) for phones and edge "
+                        "devices; needs ai-edge-litert (pip install 'tfmarket[litert]')")
     parser.add_argument("--int8", action="store_true",
                         help="also write model.int8.onnx for CPU serving: static int8 (QDQ, "
                         "per-channel int8 weights, uint8 activations), calibrated on 200 of "
-                        "the run's training crops")
+                        "the run's training crops; with --litert also model.int8.tflite "
+                        "(full integer, calibrated on the same crops)")
     parser.add_argument("--checkpoint", default="best", choices=["best", "final"],
                         help="best validation mAP (best.keras, if kept) or the final model")
     parser.add_argument("--parity-images", type=int, default=32)
@@ -51,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         card = export_run(Path(args.workdir), Path(args.out) if args.out else None,
-                          onnx=args.onnx, int8=args.int8, checkpoint=args.checkpoint,
+                          onnx=args.onnx, litert=args.litert, int8=args.int8,
+                          checkpoint=args.checkpoint,
                           parity_images=args.parity_images, overwrite=args.overwrite)
     except TfmarketError as exc:
         print(f"error: {exc}", file=sys.stderr)

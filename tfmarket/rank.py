@@ -44,7 +44,8 @@ SEARCHES = ("exact", *(f"faiss-{kind}" for kind in FAISS_KINDS))
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tfmarket.rank", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="exported model.onnx")
+    parser.add_argument("--model", required=True,
+                        help="exported model.onnx (onnxruntime) or model.tflite (LiteRT)")
     parser.add_argument("--data", help="dataset root (any dataset tfmarket reads; its "
                         "query/gallery are ranked)")
     parser.add_argument("--dataset", default="auto", metavar="NAME",

@@ -16,11 +16,11 @@ import numpy as np
 
 from tfmarket.errors import TfmarketError
 
-# --runtime choices; "auto" goes by the file's extension (.onnx: onnxruntime)
-RUNTIMES = ("auto", "onnxruntime", "openvino")
-RUNTIME_HELP = ("what runs the model (default auto: by the model file's extension, onnxruntime "
-                "for .onnx); openvino runs the same .onnx in OpenVINO (pip install "
-                "'tfmarket[openvino]')")
+# --runtime choices; "auto" goes by the file's extension (.tflite: LiteRT, else onnxruntime)
+RUNTIMES = ("auto", "onnxruntime", "openvino", "litert")
+RUNTIME_HELP = ("what runs the model (default auto: by the model file's extension, LiteRT for "
+                ".tflite, onnxruntime for .onnx); openvino runs the same .onnx in OpenVINO (pip "
+                "install 'tfmarket[openvino]'); litert a .tflite ('tfmarket[litert]')")
 
 
 def open_embedder(model_path: str | Path, runtime: str = "auto", threads: int = 0,
@@ -29,7 +29,11 @@ def open_embedder(model_path: str | Path, runtime: str = "auto", threads: int = 
     path = Path(model_path)
     if runtime not in RUNTIMES:
         raise TfmarketError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
-    if runtime in ("auto", "onnxruntime"):
+    if runtime == "auto":
+        runtime = "litert" if path.suffix.lower() == ".tflite" else "onnxruntime"
+    if runtime == "litert":
+        return LiteRTEmbedder(path, threads=threads, flip_test=flip_test)
+    if runtime == "onnxruntime":
         return OnnxEmbedder(path, threads=threads, flip_test=flip_test)
     if runtime == "openvino":
         return OpenVinoEmbedder(path, threads=threads, flip_test=flip_test)
@@ -172,6 +176,26 @@ class OpenVinoEmbedder(Embedder):
 
     def _infer(self, images: np.ndarray) -> list[np.ndarray]:
         return self.model.run(images)
+
+
+class LiteRTEmbedder(Embedder):
+    """A LiteRT interpreter (ai-edge-litert, XNNPACK on the CPU) over an exported ``.tflite``
+    model (:mod:`tfmarket.serving.litert`); ``threads`` 0 = every usable core."""
+
+    def __init__(self, model_path: str | Path, threads: int = 0, flip_test: bool = False):
+        from tfmarket.serving.litert import LiteRTModel
+
+        super().__init__(flip_test)
+        self.path = Path(model_path)
+        self.model = LiteRTModel(self.path, threads=threads)
+        self.height, self.width = self.model.height, self.model.width
+        self.output_names = self.model.output_names
+        self.providers = ["LiteRT CPU"]
+        self._read_card()
+
+    def _infer(self, images: np.ndarray) -> list[np.ndarray]:
+        out = self.model.run(images)
+        return [out[name] for name in self.output_names]
 
 
 def model_schema(card: dict | None, output_names: list[str], path: Path):

@@ -1,4 +1,5 @@
-"""Exporting a trained run for serving: SavedModel (+ ONNX, + int8 ONNX) with a model card.
+"""Exporting a trained run for serving: SavedModel (+ ONNX, + LiteRT, + their int8 variants)
+with a model card.
 
 What ``python -m tfmarket.export`` runs. The exported graph takes uint8 images [B, H, W, 3] at
 the training size (dynamic batch) and contains the normalisation, so callers only decode and
@@ -7,8 +8,9 @@ attribute head's probabilities (the run's attribute schema, ``schema.json``, is 
 ``model_card.json``).
 
 A parity check runs at export time on real images (the run's validation/training images):
-the max absolute difference between Keras, the SavedModel and onnxruntime outputs must be within
-``export.parity_tolerance`` (default 1e-4) or the export is aborted and nothing is left behind.
+the max absolute difference between Keras, the SavedModel, onnxruntime and LiteRT outputs must be
+within ``export.parity_tolerance`` (default 1e-4) or the export is aborted and nothing is left
+behind.
 
 The served graph has the normalisation's channel flip / scale folded into the first convolution
 (:mod:`tfmarket.model.fold`), so ``model.onnx`` is made of the portable operator set of
@@ -61,15 +63,17 @@ def _max_abs_diff(a: dict, b: dict) -> dict[str, float]:
 
 
 def export_model(model, out: Path, images, *, onnx: bool = True, int8: bool = False,
-                 tolerance: float = 1e-4, calibration_images=None,
+                 tolerance: float = 1e-4, calibration_images=None, litert: bool = False,
                  on_phase: Callable[[str], None] | None = None) -> dict:
-    """Writes ``saved_model/`` (+ ``model.onnx``) into ``out`` and checks parity.
+    """Writes ``saved_model/`` (+ ``model.onnx``, + ``model.tflite``; with ``int8`` their int8
+    variants) into ``out`` and checks parity.
 
     Args:
         model: the training model (float input, logits).
         images: uint8 [N, H, W, 3] real images for the parity check.
         on_phase: called with each phase's name as it starts ("keras", "saved_model",
-            "onnx", "int8"), e.g. by ``benchmarks/export_memory.py`` to attribute memory.
+            "onnx", "litert", "int8", "litert_int8"), e.g. by ``benchmarks/export_memory.py``
+            to attribute memory.
 
     Returns:
         {"files": [...], "parity": {...}, "outputs": {name: shape}}, and with ``onnx`` the ONNX
@@ -105,8 +109,18 @@ def export_model(model, out: Path, images, *, onnx: bool = True, int8: bool = Fa
             _export_onnx(inference, out / "model.onnx")
         files.append("model.onnx")
         parity["onnx_vs_keras"] = _max_abs_diff(reference, run_onnx(out / "model.onnx", images))
-    worst = max(v for key in ("saved_model_vs_keras", "onnx_vs_keras") if key in parity
-                for v in parity[key].values())
+    if litert:
+        phase("litert")
+        from tfmarket.serving.litert import convert_float, run_litert
+
+        # From the SavedModel just written: Keras's own LiteRT export would trace the model
+        # into a second SavedModel first.
+        convert_float(out / "saved_model", out / "model.tflite")
+        files.append("model.tflite")
+        parity["litert_vs_keras"] = _max_abs_diff(reference,
+                                                  run_litert(out / "model.tflite", images))
+    worst = max(v for key in ("saved_model_vs_keras", "onnx_vs_keras", "litert_vs_keras")
+                if key in parity for v in parity[key].values())
     parity["max_abs_diff"] = worst
     if not worst <= tolerance:
         raise TfmarketError(
@@ -128,6 +142,15 @@ def export_model(model, out: Path, images, *, onnx: bool = True, int8: bool = Fa
         files.append("model.int8.onnx")
         parity["int8"] = {"method": method,
                           **quantization_report(reference, run_onnx(target, images))}
+    if int8 and litert:
+        phase("litert_int8")
+        from tfmarket.serving.litert import convert_int8, run_litert
+
+        target, method = convert_int8(out / "saved_model", out / "model.tflite",
+                                      out / "model.int8.tflite", calibration_images)
+        files.append("model.int8.tflite")
+        parity["litert_int8"] = {"method": method,
+                                 **quantization_report(reference, run_litert(target, images))}
     outputs = {k: [None, *v.shape[1:]] for k, v in reference.items()}
     result = {"files": files, "parity": parity, "outputs": outputs}
     if onnx:
@@ -294,7 +317,7 @@ def float32_copy(model, config, schema=None):
 
 def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, int8: bool = False,
                checkpoint: str = "best", parity_images: int = 32, overwrite: bool = False,
-               on_phase: Callable[[str], None] | None = None) -> dict:
+               litert: bool = False, on_phase: Callable[[str], None] | None = None) -> dict:
     """Exports a run directory; writes the model card; returns it. ``on_phase``: as
     :func:`export_model`'s, also called with "load" (the run's model) first."""
     import yaml
@@ -313,6 +336,11 @@ def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, in
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise TfmarketError(f"{out}: already exists; pass --overwrite to replace it")
+    litert = litert or config.export.litert
+    if litert:  # before the model loads: a missing runtime should cost nothing
+        from tfmarket.serving.litert import interpreter_class
+
+        interpreter_class()
 
     from tfmarket.model.network import load_run_model
 
@@ -326,7 +354,7 @@ def export_run(workdir: Path, out: Path | None = None, *, onnx: bool = False, in
         want_int8 = int8 or config.export.quantize_int8
         result = export_model(
             model, staging, images, onnx=onnx or config.export.onnx, int8=want_int8,
-            tolerance=config.export.parity_tolerance,
+            litert=litert, tolerance=config.export.parity_tolerance,
             # Static int8 (calibrated) ran 2.2-2.6x onnxruntime fp32 on the tiny model here,
             # dynamic int8 0.2-0.9x (benchmarks/inference.py --quick, 2026-12-03).
             calibration_images=_calibration_images(config, workdir, CALIBRATION_IMAGES)

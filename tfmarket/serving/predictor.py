@@ -1,7 +1,7 @@
 """The Python API: an exported model with its card and its calibrated rules, as one object.
 
     import tfmarket
-    model = tfmarket.load("exports/demo")            # the export folder (or its .onnx file)
+    model = tfmarket.load("exports/demo")            # the export folder (or its .onnx/.tflite)
     out = model.predict(["q1.jpg", "q2.jpg"])        # or a uint8 array [N, H, W, 3], or a folder
     out.embeddings                                    # float32 [N, D], L2-normalised
     out.attributes                                    # pandas DataFrame, the schema's columns
@@ -16,7 +16,8 @@ goes through :class:`ExportedModel`): the same decoding and resizing
 sigmoid >= 0.5 / argmax) and retrieval rule (``retrieval.json``, else cosine distance).
 
 Importing this module, or ``import tfmarket`` and ``tfmarket.load``, imports no TensorFlow:
-the model runs in onnxruntime (or OpenVINO: ``runtime="openvino"``). Decoding image files (and
+the model runs in onnxruntime (LiteRT for a ``.tflite`` file; OpenVINO with
+``runtime="openvino"``). Decoding image files (and
 resizing arrays that are not at the model's size) uses TensorFlow's ops, the ones training used,
 so the API and ``rank`` see the same pixels; arrays already at the model's size never load it.
 """
@@ -39,7 +40,10 @@ if TYPE_CHECKING:  # annotations only
 
     from tfmarket.attributes import AttributeSchema
 
-MODEL_FILES = ("model.onnx", "model.int8.onnx")  # what an export folder serves, in that order
+# What an export folder serves, in that order (``int8``: the int8 files first).
+FLOAT_MODEL_FILES = ("model.onnx", "model.tflite")
+INT8_MODEL_FILES = ("model.int8.onnx", "model.int8.tflite")
+MODEL_FILES = FLOAT_MODEL_FILES + INT8_MODEL_FILES
 
 
 # --- the rules beside a model ------------------------------------------------------------------
@@ -92,12 +96,13 @@ def resolve_retrieval_rule(choice: str | Path | RetrievalRule | None, model: Pat
 
 
 def model_file(path: str | Path, int8: bool = False) -> Path:
-    """The ONNX file of an export: ``path`` itself when it is a file, else the folder's
-    ``model.onnx`` (``model.int8.onnx`` with ``int8``, or when it is the only one)."""
+    """The model file of an export: ``path`` itself when it is a file (``.onnx`` or LiteRT's
+    ``.tflite``), else the folder's ``model.onnx`` (``model.int8.onnx`` with ``int8``; the
+    ``.tflite`` ones where there is no ONNX model; whichever there is when it is the only one)."""
     path = Path(path)
     if not path.is_dir():
         return path  # a file (the embedder says so when it is missing)
-    names = MODEL_FILES[::-1] if int8 else MODEL_FILES
+    names = INT8_MODEL_FILES + FLOAT_MODEL_FILES if int8 else MODEL_FILES
     for name in names:
         if (path / name).is_file():
             return path / name
@@ -484,8 +489,9 @@ def load(path: str | Path, *, int8: bool = False, flip_test: bool = False, threa
 
     Args:
         path: an export folder (``python -m tfmarket.export --onnx``: its ``model.onnx``, or
-            ``model.int8.onnx`` with ``int8`` or when it is the only model there) or an
-            ``.onnx`` file; ``model_card.json`` beside it gives the attribute schema.
+            ``model.int8.onnx`` with ``int8`` or when it is the only model there; the
+            ``.tflite`` ones of ``--litert`` where there is no ONNX model) or an ``.onnx`` or
+            ``.tflite`` file; ``model_card.json`` beside it gives the attribute schema.
         flip_test: average each image with its mirror image (twice the compute).
         threads: the runtime's threads (0 = its default: all).
         attribute_rule: None = ``attribute_rule.json`` beside the model if calibrate wrote one,
