@@ -474,7 +474,11 @@ def prepare_size(height: int, width: int, source: str, args, paths: list[str],
         prepared["arch"] = arch
         prepared["models"]["savedmodel"] = str(folder / "saved_model")
     prepared["models"]["ort-fp32"] = str(fp32)
+    wanted = {r.strip() for r in args.rows.split(",")}
+    wanted |= {RUNTIME_ROWS[r][0] for r in wanted if r in RUNTIME_ROWS}  # ov-int8's model
     for row in INT8_ROWS:
+        if row not in wanted:
+            continue
         # Both variants are always made here from model.onnx (an export's model.int8.onnx is
         # one of them, static since 2026-12-03), so each row is what its name says.
         out = folder / ONNX_FILES[row]
@@ -503,19 +507,24 @@ def prepare_size(height: int, width: int, source: str, args, paths: list[str],
               + (f" ({len(calibration)} calibration crops)" if "static" in row else ""),
               flush=True)
     prepared["calibration_images"] = len(calibration)
-    _prepare_runtime_rows(prepared, Path(prepared["models"]["savedmodel"]), calibration, folder,
-                          notes)
+    if wanted & {"litert-fp32", "litert-int8"}:
+        _prepare_runtime_rows(prepared, Path(prepared["models"]["savedmodel"]), calibration,
+                              folder, notes)
+    else:
+        _prepare_runtime_rows(prepared, None, calibration, folder, notes, litert=False)
     return prepared
 
 
-def _prepare_runtime_rows(prepared: dict, saved_model: Path, calibration: np.ndarray,
-                          folder: Path, notes: list[str]) -> None:
-    """The OpenVINO rows' files (the ONNX rows') and the LiteRT files, converted from the
-    SavedModel the way ``export --litert --int8`` converts them."""
+def _prepare_runtime_rows(prepared: dict, saved_model: Path | None, calibration: np.ndarray,
+                          folder: Path, notes: list[str], litert: bool = True) -> None:
+    """The OpenVINO rows' files (the ONNX rows') and (``litert``) the LiteRT files, converted
+    from the SavedModel the way ``export --litert --int8`` converts them."""
     size = prepared["size"]
     for row, (source, runtime) in RUNTIME_ROWS.items():
         if runtime == "openvino" and source in prepared["models"]:
             prepared["models"][row] = prepared["models"][source]
+    if not litert:
+        return
     try:
         from tfmarket.serving.litert import convert_float, convert_int8
     except ImportError as exc:
