@@ -17,7 +17,7 @@ a Raspberry Pi or a Coral board's CPU runs it) and, with ``--int8``, ``model.int
 Both keep the SavedModel's dynamic batch (input shape signature [-1, H, W, 3]); the signature
 runner resizes the input tensor to each batch (``resize_tensor_input``) before running it.
 Outputs are read by name from the ``serving_default`` signature: the flatbuffer's own output
-tensors are named ``StatefulPartitionedCall:N``, in no useful order.
+tensors are named ``StatefulPartitionedCall_1:N``, in no useful order.
 """
 
 from __future__ import annotations
