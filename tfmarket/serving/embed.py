@@ -158,7 +158,20 @@ class OnnxEmbedder(Embedder):
         return self.session.run(self.output_names, {self.input_name: images})
 
 
-class OpenVinoEmbedder(Embedder):
+class _ModelEmbedder(Embedder):
+    """An embedder over a runtime's model wrapper (``height``, ``width``, ``output_names``,
+    ``run(images)``): what the OpenVINO and LiteRT embedders share."""
+
+    def _adopt(self, model_path: str | Path, model, providers: list[str]) -> None:
+        self.path = Path(model_path)
+        self.model = model
+        self.height, self.width = model.height, model.width
+        self.output_names = model.output_names
+        self.providers = providers
+        self._read_card()
+
+
+class OpenVinoEmbedder(_ModelEmbedder):
     """An exported ONNX model compiled by OpenVINO for the CPU
     (:mod:`tfmarket.serving.openvino_runtime`: float layers in float32, dynamic batch);
     ``threads`` 0 = OpenVINO's default."""
@@ -167,18 +180,14 @@ class OpenVinoEmbedder(Embedder):
         from tfmarket.serving.openvino_runtime import DEVICE, OpenVinoModel
 
         super().__init__(flip_test)
-        self.path = Path(model_path)
-        self.model = OpenVinoModel(self.path, threads=threads)
-        self.height, self.width = self.model.height, self.model.width
-        self.output_names = self.model.output_names
-        self.providers = [f"OpenVINO {DEVICE}"]
-        self._read_card()
+        self._adopt(model_path, OpenVinoModel(Path(model_path), threads=threads),
+                    [f"OpenVINO {DEVICE}"])
 
     def _infer(self, images: np.ndarray) -> list[np.ndarray]:
         return self.model.run(images)
 
 
-class LiteRTEmbedder(Embedder):
+class LiteRTEmbedder(_ModelEmbedder):
     """A LiteRT interpreter (ai-edge-litert, XNNPACK on the CPU) over an exported ``.tflite``
     model (:mod:`tfmarket.serving.litert`); ``threads`` 0 = every usable core."""
 
@@ -186,12 +195,7 @@ class LiteRTEmbedder(Embedder):
         from tfmarket.serving.litert import LiteRTModel
 
         super().__init__(flip_test)
-        self.path = Path(model_path)
-        self.model = LiteRTModel(self.path, threads=threads)
-        self.height, self.width = self.model.height, self.model.width
-        self.output_names = self.model.output_names
-        self.providers = ["LiteRT CPU"]
-        self._read_card()
+        self._adopt(model_path, LiteRTModel(Path(model_path), threads=threads), ["LiteRT CPU"])
 
     def _infer(self, images: np.ndarray) -> list[np.ndarray]:
         out = self.model.run(images)
