@@ -28,7 +28,15 @@ def configure_cpu_replicas(count: int) -> None:
 
 def choose_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
     """MultiWorkerMirrored when TF_CONFIG names a cluster, Mirrored over several local GPUs
-    (or ``cpu_replicas`` logical CPUs), else one device (GPU if any)."""
+    (or ``cpu_replicas`` logical CPUs), OneDevice on a single GPU, else TensorFlow's default
+    strategy.
+
+    Why the default strategy on one CPU rather than ``OneDeviceStrategy("/cpu:0")``: the latter
+    feeds ``fit`` through a ``MultiDeviceIterator`` (a generator dataset per device) whose
+    teardown waited up to a minute at the end of every ``fit`` call, and whose generator op
+    resets glibc's trim threshold; with nothing to copy to a device it buys nothing. The
+    default strategy iterates the dataset itself.
+    """
     if os.environ.get("TF_CONFIG") and json.loads(os.environ["TF_CONFIG"]).get("cluster"):
         return tf.distribute.MultiWorkerMirroredStrategy()
     if cpu_replicas > 1:
@@ -38,7 +46,9 @@ def choose_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
     gpus = tf.config.list_physical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
-    return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    if gpus:
+        return tf.distribute.OneDeviceStrategy("/gpu:0")
+    return tf.distribute.get_strategy()
 
 
 def resolve_precision(precision: str) -> tuple[str, str]:
