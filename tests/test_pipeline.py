@@ -90,6 +90,24 @@ def test_train_dataset_shapes_targets_and_determinism(small_set):
     np.testing.assert_array_equal(images.numpy(), uncached.numpy())
 
 
+def test_training_pipeline_has_autotuning_off_and_fixed_parallelism(small_set):
+    # tf.data's autotuning thread held up the end of fit by up to a minute (benchmarks/README.md,
+    # "A minute lost as fit returns"); the options must reach what fit iterates, after the
+    # model-target mapping of tfmarket.training.fit.make_dataset_fn.
+    paths, labels = small_set
+    ds = train_dataset(paths, labels, {}, height=32, width=16, p=2, k=3, seed=7)
+    assert ds.options().autotune.enabled is False
+    assert ds.map(lambda x, y: (x, y)).options().autotune.enabled is False
+    graph = tf.compat.v1.GraphDef.FromString(ds._as_serialized_graph().numpy())
+    nodes = {node.name: node for node in graph.node}
+    maps = [node for node in graph.node if node.op.startswith("ParallelMapDataset")]
+    assert len(maps) == 2
+    for node in maps:  # the last data input is num_parallel_calls; AUTOTUNE would be -1
+        last = [name for name in node.input if not name.startswith("^")][-1]
+        calls = tf.make_ndarray(nodes[last.split(":")[0]].attr["value"].tensor)
+        assert int(calls) >= 1
+
+
 def test_preprocessing_eager_equals_inside_tf_data(tmp_path):
     path = str(write_jpeg(tmp_path / "a.jpg", size=(37, 81)))
     eager = load_image(tf.constant(path), 64, 32).numpy()
