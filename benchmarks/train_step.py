@@ -64,7 +64,7 @@ if str(REPO) not in sys.path:
 NUM_IDS = 751  # Market-1501 training identities
 K = 4  # images per identity in the synthetic P x K batch
 RESNET50_GMACS_224 = 4.1  # torchvision's "4.09 GFLOPS" for ResNet50 are multiply-accumulates
-FIT_INPUTS = ("step", "fit-constant", "fit-pipeline")  # --fit rows, see fit_trainer
+FIT_INPUTS = ("step", "fit-constant", "fit-pipeline", "fit-epoch")  # --fit rows, see fit_trainer
 TORCH_HINT = (
     "PyTorch baseline skipped: torch/torchvision not importable ({error}). Install with\n"
     "    .venv/bin/pip install torch==2.14.1 torchvision==0.29.1\n"
@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tfmarket rows' TensorFlow kernels: auto (what the commands choose, "
                         "tfmarket.hardware.choose_onednn), on / off (TF_ENABLE_ONEDNN_OPTS=1 / "
                         "0: oneDNN or Eigen), both (an off and an on row)")
+    parser.add_argument("--primitive-cache", default="auto",
+                        choices=("auto", "on", "off", "both"),
+                        help="tfmarket rows' oneDNN primitive cache for convolution gradients "
+                        "(TF_MKL_OPTIMIZE_PRIMITIVE_MEMUSE): auto (TensorFlow's default, which "
+                        "does not cache them), on (=0), off (=1), both (an off and an on row)")
     parser.add_argument("--torch-malloc", default="both",
                         help="PyTorch rows' glibc malloc, as --malloc (default both: the ratio "
                         "column takes PyTorch's best row of each round)")
@@ -120,8 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "train_on_batch (step), fit on a repeated batch, fit on the real input "
                         "pipeline (what python -m tfmarket.train runs); adds 'vs step' ratios")
     parser.add_argument("--fit-inputs", default=",".join(FIT_INPUTS),
-                        help="with --fit: which of step, fit-constant, fit-pipeline to run "
-                        "(the 'vs step' column needs step)")
+                        help="with --fit: which of step, fit-constant, fit-pipeline, fit-epoch "
+                        "to run (the 'vs step' column needs step)")
+    parser.add_argument("--strategy", default="auto", choices=("auto", "one-device", "both"),
+                        help="with --fit: the fit rows' tf.distribute strategy: auto (what "
+                        "tfmarket.train chooses: TensorFlow's default one on a CPU), one-device "
+                        "(OneDeviceStrategy on the CPU, what it chose before 2026-12-06), both")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"
                                               / "market1501-course"),
                         help="dataset root for --fit (default ../shared/data/market1501-course)")
@@ -249,10 +258,13 @@ def fit_trainer(spec: dict, args):
     * ``fit-pipeline``: ``model.fit`` on the real input pipeline (decode, augmentation, P x K
       sampling on the CPU cores the step also uses), as in ``python -m tfmarket.train``;
     * ``fit-constant``: ``model.fit`` on one batch of that pipeline repeated (no input work);
-    * ``step``: ``train_on_batch`` on that batch (what the plain tfmarket rows measure).
+    * ``step``: ``train_on_batch`` on that batch (what the plain tfmarket rows measure);
+    * ``fit-epoch``: ``model.fit`` of two epochs of n steps on the real input pipeline, timing
+      the second: the epoch loop of ``python -m tfmarket.train`` after its first epoch (the
+      iterator already running, as Keras keeps it across the epochs of one ``fit``).
 
-    Every ``fit`` call of n steps starts a fresh iterator (nothing prefetched while the row
-    waited for its turn), so the pipeline's full cost is in the time; a call is timed by
+    Every ``fit`` call starts a fresh iterator (nothing prefetched while the row waited for
+    its turn), so the pipeline's full cost is in the time; an epoch is timed by
     ``tfmarket.training.callbacks.Throughput``, the callback that reports ``tfmarket.train``'s
     images/s.
     """
@@ -277,14 +289,15 @@ def fit_trainer(spec: dict, args):
         train=replace(config.train, jit_compile=spec["xla"] == "on"))
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(spec["precision"])
-    strategy = choose_strategy()
+    strategy = (tf.distribute.OneDeviceStrategy("/cpu:0")
+                if spec.get("strategy") == "one-device" else choose_strategy())
     data = load_training_data(data_cfg, Path(tempfile.mkdtemp(prefix="tfmarket-bench-")))
     model = compiled_model(config, strategy, len(data.identities), data.targets,
                            steps_per_epoch=1000)
     dataset_fn = make_dataset_fn(data, data_cfg, first_step=0)
     throughput = Throughput(args.batch)
     x, y = next(iter(dataset_fn(tf.distribute.InputContext())))
-    if spec["input"] == "fit-pipeline":
+    if spec["input"] in ("fit-pipeline", "fit-epoch"):
         inputs = strategy.distribute_datasets_from_function(dataset_fn)
     else:
         inputs = strategy.experimental_distribute_dataset(
@@ -298,8 +311,8 @@ def fit_trainer(spec: dict, args):
             return time.perf_counter() - start, float(logs["loss"])
         # Timed as tfmarket.train's Throughput callback times an epoch (from its start to its
         # end, the first batch's input included): fit's own start-up is not part of it.
-        history = model.fit(inputs, epochs=1, steps_per_epoch=n, verbose=0,
-                            callbacks=[throughput])
+        history = model.fit(inputs, epochs=2 if spec["input"] == "fit-epoch" else 1,
+                            steps_per_epoch=n, verbose=0, callbacks=[throughput])
         return throughput.seconds[-1], float(history.history["loss"][-1])
 
     return steps, None, {"fwd_macs_per_image": count_macs(model),
@@ -399,14 +412,22 @@ def row_specs(args, height: int, width: int) -> list[dict]:
         inputs = [i.strip() for i in args.fit_inputs.split(",")] if args.fit else ["step"]
         onednns = {"auto": ["auto"], "on": ["on"], "off": ["off"],
                    "both": ["off", "on"]}[args.onednn]
+        caches = {"auto": ["auto"], "on": ["on"], "off": ["off"],
+                  "both": ["off", "on"]}[args.primitive_cache]
+        strategies = {"auto": ["auto"], "one-device": ["one-device"],
+                      "both": ["one-device", "auto"]}[args.strategy if args.fit else "auto"]
         specs += [{"framework": "tfmarket", "height": height, "width": width,
                    "precision": precision, "batchnorm": norm, "xla": xla, "malloc": malloc,
                    **({"onednn": onednn} if onednn != "auto" else {}),
+                   **({"primitive_cache": cache} if cache != "auto" else {}),
+                   **({"strategy": strategy} if strategy != "auto" and feed != "step" else {}),
                    **({"interop": interop} if interop else {}),
                    **({"input": feed} if args.fit else {})}
                   for precision in precisions for norm in norms for xla in xlas
                   for interop in interops for feed in inputs
-                  for malloc in malloc_choices(args.malloc) for onednn in onednns]
+                  for malloc in malloc_choices(args.malloc) for onednn in onednns
+                  for cache in caches for strategy in strategies
+                  if not (feed == "step" and strategy != strategies[-1])]
     return specs
 
 
@@ -452,6 +473,10 @@ class Worker:
         env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # auto: the child chooses as the commands do
         if spec.get("onednn"):
             env["TF_ENABLE_ONEDNN_OPTS"] = "1" if spec["onednn"] == "on" else "0"
+        env.pop("TF_MKL_OPTIMIZE_PRIMITIVE_MEMUSE", None)  # auto: as the commands choose
+        if spec.get("primitive_cache"):
+            env["TF_MKL_OPTIMIZE_PRIMITIVE_MEMUSE"] = "0" if spec["primitive_cache"] == "on" \
+                else "1"
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--child", json.dumps(spec), *forwarded],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -569,19 +594,22 @@ def measure_size(height: int, width: int, args) -> tuple[list[dict], list[dict]]
 
 def _label(spec: dict) -> str:
     malloc = (" malloc default" if spec.get("malloc") == "default" else "") + (
-        f" oneDNN {spec['onednn']}" if spec.get("onednn") else "")
+        f" oneDNN {spec['onednn']}" if spec.get("onednn") else "") + (
+        f" primitive cache {spec['primitive_cache']}" if spec.get("primitive_cache") else "")
     if spec["framework"] == "pytorch":
         return f"pytorch {spec['precision']}{malloc}"
     return f"tfmarket {spec['precision']} BN {spec['batchnorm']}{malloc}" + (
         " XLA" if spec["xla"] == "on" else "") + (
         f" inter-op {spec['interop']}" if spec.get("interop") else "") + (
-        f" {spec['input']}" if spec.get("input") else "")
+        f" {spec['input']}" if spec.get("input") else "") + (
+        f" {spec['strategy']}" if spec.get("strategy") else "")
 
 
 def _key(row) -> tuple:
     return (row["framework"], row["precision"], row["batchnorm"], row["xla"],
             row.get("interop", 0), row.get("input", "step"), row.get("malloc", "tuned"),
-            row.get("onednn", "auto"))
+            row.get("onednn", "auto"), row.get("primitive_cache", "auto"),
+            row.get("strategy", "auto"))
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -604,8 +632,10 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def format_table(summary: list[dict], flops_per_image: dict[str, float]) -> str:
     fit = any(r.get("input") for r in summary)
+    caches = any(r.get("primitive_cache") for r in summary)
     header = ["framework", "size", "precision", "BN", "xla", "inter-op", "malloc", "oneDNN",
-              *(["input"] if fit else []), "images/s median", "min-max",
+              *(["prim. cache"] if caches else []), *(["input"] if fit else []),
+              "images/s median", "min-max",
               "vs PyTorch best: median", "min-max", "system/user CPU",
               *(["vs step: median", "min-max"] if fit else []), "GFLOP/s"]
     lines = []
@@ -618,7 +648,9 @@ def format_table(summary: list[dict], flops_per_image: dict[str, float]) -> str:
             str(r.get("interop") or ("-" if r["framework"] == "pytorch" else "default")),
             r.get("malloc", "tuned"),
             "-" if r["framework"] == "pytorch" else r.get("onednn", "auto"),
-            *([r.get("input", "-")] if fit else []),
+            *([r.get("primitive_cache", "-")] if caches else []),
+            *([r.get("input", "-") + (f" ({r['strategy']})" if r.get("strategy") else "")]
+              if fit else []),
             f"{r['median']:.2f}", f"{r['min']:.1f}-{r['max']:.1f}",
             f"{r['median_ratio']:.2f}x" if ratio else "n/a",
             f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}" if ratio else "",
@@ -628,7 +660,7 @@ def format_table(summary: list[dict], flops_per_image: dict[str, float]) -> str:
               if fit else []),
             f"{r['median'] * flops / 1e9:.0f}" if flops else "n/a",
         ])
-    return render_table(header, lines, left=tuple(range(9 if fit else 8)))
+    return render_table(header, lines, left=tuple(range(8 + fit + caches)))
 
 
 def flops_report(sizes, macs_by_size: dict[str, int], last_stride: int) -> tuple[str, dict]:
