@@ -1,5 +1,5 @@
 """Gallery embedding on one machine: ``gallery embed --engine local`` against ``--engine ray``
-with 1 and 2 actors, and the peak memory of ``gallery index`` from a Parquet (Ray) store
+(several actor pools), and the peak memory of ``gallery index`` from a Parquet (Ray) store
 against a ``.npz`` store of the same embeddings.
 
     .venv/bin/python benchmarks/gallery.py --model exports/cpu/model.onnx \\
@@ -10,8 +10,11 @@ against a ``.npz`` store of the same embeddings.
 Embedding: the first ``--count`` images of ``--images`` (sorted; linked, never copied, into a
 temporary folder) are embedded by each row in a fresh process, the CLI as a user runs it:
 ``local`` (this process, onnxruntime on every core, a ``.npz`` store) and one ``ray AxT`` row
-per ``--ray-rows`` entry (A actors of T onnxruntime threads each, on a local Ray instance the
-command starts and stops itself; a Parquet store). Rows take turns, their order alternating
+per ``--ray-rows`` entry (A actors of T onnxruntime threads each, or ``default``: neither
+option given, the pool a user gets; on a local Ray instance the command starts and stops
+itself; a Parquet store). A Ray run also prints where its actors' time went (seconds summed
+over actors: reading with Pillow's check, waiting for decoded batches, the model, writing).
+Rows take turns, their order alternating
 every round, for ``--rounds`` rounds; a row's images/s is the median over rounds with min-max.
 Two rates: "command" = images / the process's wall time (Python, TensorFlow and Ray start-up,
 actor start-up, listing, writing: what a user waits for), and "embedding" = the command's own
@@ -63,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of real crops")
     p.add_argument("--count", type=int, default=1500, help="images embedded per run")
     p.add_argument("--rounds", type=int, default=3, help="rounds of every row")
-    p.add_argument("--ray-rows", default="1x1,2x1",
-                   help="Ray rows as ACTORSxTHREADS, comma-separated (default %(default)s)")
+    p.add_argument("--ray-rows", default="1x1,1x2,default",
+                   help="Ray rows as ACTORSxTHREADS or 'default' (no --actors/--threads: "
+                        "what a user gets), comma-separated (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--index-rows", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=2048)
@@ -109,6 +113,9 @@ def link_images(source: Path, count: int, folder: Path) -> list[Path]:
 def embed_rows(args) -> list[dict]:
     rows = [{"row": "local", "args": []}]
     for spec in args.ray_rows.split(","):
+        if spec.strip().lower() == "default":  # what a user gets without --actors/--threads
+            rows.append({"row": "ray default", "args": ["--engine", "ray"]})
+            continue
         actors, threads = (int(v) for v in spec.lower().split("x"))
         rows.append({"row": f"ray {actors}x{threads}",
                      "args": ["--engine", "ray", "--actors", str(actors),
@@ -132,8 +139,12 @@ def run_embed(row: dict, args, images: Path, out: Path) -> dict:
     else:
         target.unlink()
     seconds = summary.get("embedding_seconds", summary["seconds"])
-    return {"wall_s": wall, "embed_s": seconds, "images": summary["images"],
-            "command_rate": summary["images"] / wall, "embed_rate": summary["images"] / seconds}
+    run = {"wall_s": wall, "embed_s": seconds, "images": summary["images"],
+           "command_rate": summary["images"] / wall, "embed_rate": summary["images"] / seconds}
+    if "actors" in summary:  # where the actors' time went (ray)
+        run.update(actors=summary["actors"], threads=summary["threads"],
+                   actor_seconds=summary["actor_seconds"])
+    return run
 
 
 def bench_embed(args, work: Path) -> list[dict]:
@@ -148,8 +159,13 @@ def bench_embed(args, work: Path) -> list[dict]:
         for row in order:
             run = run_embed(row, args, images, work)
             row["runs"].append(run)
+            stages = run.get("actor_seconds")
+            where = (f"; actors {run['actors']}x{run['threads']}: " + ", ".join(
+                f"{k} {stages[k]:.1f} s" for k in ("read", "decode", "model", "write"))
+                if stages else "")
             print(f"  round {r + 1}: {row['row']}: {run['embed_rate']:.1f} images/s embedding, "
-                  f"{run['command_rate']:.1f} end to end ({run['wall_s']:.1f} s)", flush=True)
+                  f"{run['command_rate']:.1f} end to end ({run['wall_s']:.1f} s){where}",
+                  flush=True)
     local = rows[0]["runs"]
     for row in rows:
         runs = row["runs"]

@@ -96,6 +96,13 @@ def test_ray_store_equals_the_local_engines(stores, images):
     assert [s["file"] for s in manifest["shards"]] == [f"part-{i:06d}.parquet" for i in range(5)]
     assert manifest["embedding_dim"] == local["embedding"].shape[1]
     assert summary["images"] == 63 and summary["shards"] == 5 and summary["actors"] == 2
+    # where the actors' time went (which actor got which shard is Ray's choice)
+    stages = summary["actor_seconds"]
+    assert stages["model"] > 0 and min(stages[k] for k in ("read", "decode", "write")) >= 0
+    assert 1 <= len(stages["actors"]) <= 2
+    assert min(a for a, _ in stages["actors"].values()) == 0  # seconds after the first start
+    assert all(0 <= a <= b <= summary["embedding_seconds"] + 0.01
+               for a, b in stages["actors"].values())
     assert summary["store_bytes"] == sum(p.stat().st_size for p in ray_path.iterdir())
     assert not list(ray_path.glob("*.tmp"))
 

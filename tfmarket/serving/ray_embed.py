@@ -37,6 +37,7 @@ import socket
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +165,8 @@ class EmbedShard:
     Input batch (numpy): ``shard`` int [B], ``files`` [B] lists of paths/URIs. Output batch:
     one row per shard: ``shard``, ``file`` (its Parquet file, "" when no image could be
     read), ``rows``, ``bytes``, ``errors`` (JSON [[file, reason]]), ``start`` / ``end`` (Unix
-    seconds) and ``host``.
+    seconds), ``host``, ``pid`` and the shard's seconds by stage: ``read_s`` (reading and
+    Pillow's check), ``decode_s`` (waiting for decoded batches), ``model_s``, ``write_s``.
     """
 
     def __init__(self, model_files: dict[str, bytes] | list, model_name: str, out: str, *,
@@ -191,6 +193,18 @@ class EmbedShard:
                                       threads, flip_test)
         self.fs, self.root = filesystem(out)
         self.sources: dict[tuple[str, str], object] = {}  # (scheme, bucket) -> filesystem
+        self.clock = {"decode": 0.0, "model": 0.0}  # seconds of the shard being embedded
+        self.decoder = ThreadPoolExecutor(1, thread_name_prefix="decode")
+        spec = tf.TensorSpec([self.embedder.height, self.embedder.width, 3], tf.uint8)
+        self.decode_fn = tf.function(
+            lambda data: tf.map_fn(self.decode, data, fn_output_signature=spec,
+                                   parallel_iterations=self.threads),
+            input_signature=[tf.TensorSpec([None], tf.string)])
+        # Once-per-actor costs paid here, as loading the model is, not in the first shard:
+        # tracing the decoder (~0.3 s) and the imports of the Pillow check and the writer.
+        self.decode_batch([])
+        import PIL.Image  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
 
     def __call__(self, batch: dict) -> dict:
         rows = [self.embed_shard(int(shard), [str(f) for f in files])
@@ -202,22 +216,26 @@ class EmbedShard:
         from tfmarket.serving.store import store_rows
 
         start = time.time()
+        self.clock = {"decode": 0.0, "model": 0.0}
         blobs, errors = self.read(files)
+        read = time.time()
         outputs, good = self.run(blobs, errors)
+        ran = time.time()
         name, size = "", 0
         if good:
             table = shard_table(store_rows(good, outputs, self.embedder.schema))
             name = f"part-{shard:06d}.parquet"
             size = write_shard(self.fs, self.root, name, table)
+        end = time.time()
         return {"shard": shard, "file": name, "rows": len(good), "bytes": size,
-                "errors": json.dumps(errors), "start": start, "end": time.time(),
-                "host": socket.gethostname()}
+                "errors": json.dumps(errors), "start": start, "end": end,
+                "host": socket.gethostname(), "pid": os.getpid(),
+                "read_s": read - start, "decode_s": self.clock["decode"],
+                "model_s": self.clock["model"], "write_s": end - ran}
 
     def read(self, files: list[str]) -> tuple[dict[str, bytes], list[list[str]]]:
         """{file: its bytes} of the files that decode (Pillow, as the local engine's check),
         and [[file, reason]] for the others."""
-        from concurrent.futures import ThreadPoolExecutor
-
         from tfmarket.data.check import image_problem
 
         def load(name: str):
@@ -277,20 +295,32 @@ class EmbedShard:
 
     def infer(self, blobs: list[bytes]) -> dict[str, np.ndarray]:
         """Encoded images -> the model's outputs [n, ...], decoded and resized by the same ops
-        as ``tfmarket.preprocess.load_image`` (which reads the file first), in batches."""
-        tf = self.tf
+        as ``tfmarket.preprocess.load_image`` (which reads the file first), in batches.
+
+        The next batch decodes on a second thread while the model runs on this one (both
+        release the GIL), as the local engine's tf.data prefetch does; the decoding function
+        is traced once per actor, not once per shard (a tf.data pipeline a shard cost
+        ~0.1 s of tracing and start-up, 5x the decoding itself)."""
         parts: dict[str, list[np.ndarray]] = {n: [] for n in self.embedder.output_names}
         if not blobs:
             return {n: np.zeros((0, 0), np.float32) for n in parts}
-        ds = tf.data.Dataset.from_tensor_slices(tf.constant(blobs, dtype=tf.string))
-        ds = ds.map(self.decode, num_parallel_calls=self.threads, deterministic=True)
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = self.threads
-        ds = ds.batch(self.batch_size).with_options(options)
-        for images in ds:
-            for key, value in self.embedder.run(images.numpy()).items():
+        chunks = [blobs[i:i + self.batch_size] for i in range(0, len(blobs), self.batch_size)]
+        pending = self.decoder.submit(self.decode_batch, chunks[0])
+        for i in range(len(chunks)):
+            t0 = time.perf_counter()
+            images = pending.result()  # a decoding error is raised here, as with tf.data
+            t1 = time.perf_counter()
+            if i + 1 < len(chunks):
+                pending = self.decoder.submit(self.decode_batch, chunks[i + 1])
+            for key, value in self.embedder.run(images).items():
                 parts[key].append(value)
+            self.clock["decode"] += t1 - t0
+            self.clock["model"] += time.perf_counter() - t1
         return {key: np.concatenate(value) for key, value in parts.items()}
+
+    def decode_batch(self, blobs: list[bytes]) -> np.ndarray:
+        """Encoded images -> uint8 [n, height, width, 3] (one traced TensorFlow function)."""
+        return self.decode_fn(self.tf.constant(blobs, dtype=self.tf.string)).numpy()
 
 
 def _op_message(text: str) -> str:
@@ -339,7 +369,8 @@ def embed_with_ray(model: str | Path, sources: list[str], out: str, *,
 
     Returns:
         The summary: images, errors, shards, actors, seconds and images/s (whole command, and
-        "embedding": first shard start to last shard end), store bytes.
+        "embedding": first shard start to last shard end), store bytes, and
+        ``actor_seconds`` (:func:`stage_seconds`: where the actors' time went).
     """
     from tfmarket.serving import parquet_store as ps
     from tfmarket.serving.embed import open_embedder
@@ -390,6 +421,7 @@ def embed_with_ray(model: str | Path, sources: list[str], out: str, *,
         "embedding_seconds": round(span, 2),
         "embedding_images_per_s": round(images / span, 1) if span > 0 else None,
         "store_bytes": ps.store_bytes(out),
+        "actor_seconds": results["stages"],
     }
     print(f"gallery embed (ray): {images:,} images, {summary['images_per_s']:,.1f} images/s "
           f"({summary['seconds']:.1f} s), {len(errors):,} unreadable, store "
@@ -445,4 +477,20 @@ def _run(ray, paths: list[str], out: str, model, model_name: str, *, actors: int
     ends = [float(r["end"]) for r in done.values()]
     span = max(ends) - min(starts) if done else 0.0
     return {"shards": shards, "errors": errors, "span": span, "actors": actors,
-            "hosts": len({str(r["host"]) for r in done.values()})}
+            "hosts": len({str(r["host"]) for r in done.values()}),
+            "stages": stage_seconds(list(done.values()), min(starts) if done else 0.0)}
+
+
+def stage_seconds(rows: list[dict], first: float) -> dict:
+    """Where the actors' time went, summed over shards: reading (with Pillow's check),
+    waiting for decoded batches, the model, writing; and per actor (process) its first
+    shard's start and last shard's end, seconds after the run's first shard started."""
+    totals = {k: round(sum(float(r[f"{k}_s"]) for r in rows), 2)
+              for k in ("read", "decode", "model", "write")}
+    per_actor: dict[str, list[float]] = {}
+    for r in rows:
+        key = f"{r['host']}:{int(r['pid'])}"
+        a, b = per_actor.get(key, [math.inf, -math.inf])
+        per_actor[key] = [min(a, float(r["start"])), max(b, float(r["end"]))]
+    return {**totals, "actors": {k: [round(a - first, 2), round(b - first, 2)]
+                                 for k, (a, b) in sorted(per_actor.items())}}
