@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "to run (the 'vs step' column needs step)")
     parser.add_argument("--strategy", default="auto", choices=("auto", "one-device", "both"),
                         help="with --fit: the fit rows' tf.distribute strategy: auto (what "
-                        "tfmarket.train chooses: TensorFlow's default one on a CPU), one-device "
+                        "tfmarket.train chooses: Mirrored over the one CPU), one-device "
                         "(OneDeviceStrategy on the CPU, what it chose before 2026-12-06), both")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"
                                               / "market1501-course"),
@@ -278,7 +278,7 @@ def fit_trainer(spec: dict, args):
     from tfmarket.training.build import compiled_model
     from tfmarket.training.callbacks import Throughput
     from tfmarket.training.data import load_training_data
-    from tfmarket.training.distribute import choose_strategy
+    from tfmarket.training.distribute import choose_strategy, distribute_inputs
     from tfmarket.training.fit import make_dataset_fn
 
     config = load_config(args.config)
@@ -298,7 +298,7 @@ def fit_trainer(spec: dict, args):
     throughput = Throughput(args.batch)
     x, y = next(iter(dataset_fn(tf.distribute.InputContext())))
     if spec["input"] in ("fit-pipeline", "fit-epoch"):
-        inputs = strategy.distribute_datasets_from_function(dataset_fn)
+        inputs = distribute_inputs(strategy, dataset_fn)
     else:
         inputs = strategy.experimental_distribute_dataset(
             tf.data.Dataset.from_tensors((x, y)).repeat())

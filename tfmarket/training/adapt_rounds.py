@@ -336,6 +336,7 @@ class _Adaptation:
     def _train_round(self, previous, r: int, clusters: dict):
         """Fine-tunes round ``r``; returns (model, the round's record)."""
         from tfmarket.training.callbacks import EpochProgress, Throughput
+        from tfmarket.training.distribute import distribute_inputs
         from tfmarket.training.fit import build_callbacks, fit_model, validation_callback
         from tfmarket.training.resume import backup_epoch, best_logged_map
         from tfmarket.training.rundir import RunPaths
@@ -356,7 +357,7 @@ class _Adaptation:
         dataset_fn = self._dataset_fn(clusters["labels"], batches, r,
                                       labelled_step=done * a.steps_per_epoch,
                                       cluster_step=(done - first_epoch) * a.steps_per_epoch)
-        inputs = self.strategy.distribute_datasets_from_function(dataset_fn)
+        inputs = distribute_inputs(self.strategy, dataset_fn)
         base, model = self._round_model(previous, clusters)
         throughput = Throughput(batches.global_batch)
         validation = validation_callback(self.plan.data, data_cfg.height, data_cfg.width,

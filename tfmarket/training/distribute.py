@@ -28,14 +28,14 @@ def configure_cpu_replicas(count: int) -> None:
 
 def choose_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
     """MultiWorkerMirrored when TF_CONFIG names a cluster, Mirrored over several local GPUs
-    (or ``cpu_replicas`` logical CPUs), OneDevice on a single GPU, else TensorFlow's default
-    strategy.
+    (or ``cpu_replicas`` logical CPUs), OneDevice on a single GPU, else Mirrored over the one
+    CPU, whose input :func:`distribute_inputs` feeds without a ``MultiDeviceIterator``.
 
-    Why the default strategy on one CPU rather than ``OneDeviceStrategy("/cpu:0")``: the latter
-    feeds ``fit`` through a ``MultiDeviceIterator`` (a generator dataset per device) whose
-    teardown waited up to a minute at the end of every ``fit`` call, and whose generator op
-    resets glibc's trim threshold; with nothing to copy to a device it buys nothing. The
-    default strategy iterates the dataset itself.
+    Why not ``OneDeviceStrategy("/cpu:0")``: it always feeds ``fit`` through a
+    ``MultiDeviceIterator`` (a generator dataset per device), whose teardown held up the end
+    of every ``fit`` by up to a minute, and whose generator op resets glibc's trim threshold.
+    TensorFlow's default strategy avoids that but traced the first step ~12 s slower and held
+    ~0.25 GB more during training (benchmarks/README.md, "A minute lost as fit returns").
     """
     if os.environ.get("TF_CONFIG") and json.loads(os.environ["TF_CONFIG"]).get("cluster"):
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -48,7 +48,27 @@ def choose_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy()
     if gpus:
         return tf.distribute.OneDeviceStrategy("/gpu:0")
-    return tf.distribute.get_strategy()
+    return tf.distribute.MirroredStrategy(["/cpu:0"])
+
+
+def is_one_cpu(strategy: tf.distribute.Strategy) -> bool:
+    """True for the strategy :func:`choose_strategy` picks on a machine with one CPU replica
+    and no GPU."""
+    devices = getattr(strategy.extended, "worker_devices", ())
+    return (isinstance(strategy, tf.distribute.MirroredStrategy) and len(devices) == 1
+            and "CPU" in devices[0].upper())
+
+
+def distribute_inputs(strategy: tf.distribute.Strategy, dataset_fn):
+    """``strategy.distribute_datasets_from_function(dataset_fn)``; on one CPU, per replica and
+    not fetched to a device, so ``fit`` iterates the dataset with a plain iterator (no
+    ``MultiDeviceIterator``: nothing to copy, and its teardown is what stalled ``fit``)."""
+    options = None
+    if is_one_cpu(strategy):
+        options = tf.distribute.InputOptions(
+            experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA,
+            experimental_fetch_to_device=False)
+    return strategy.distribute_datasets_from_function(dataset_fn, options)
 
 
 def resolve_precision(precision: str) -> tuple[str, str]:

@@ -110,6 +110,7 @@ def _train(config, paths: RunPaths, strategy, data: TrainingData, precision: str
     """Builds the input, model and callbacks under ``strategy``, trains, saves the model and
     (on the chief) metrics.json; returns the metrics. See :func:`run`."""
     from tfmarket.training.callbacks import Throughput
+    from tfmarket.training.distribute import distribute_inputs
     from tfmarket.training.multiworker import (
         average_non_trainable,
         check_same_resume_epoch,
@@ -137,7 +138,7 @@ def _train(config, paths: RunPaths, strategy, data: TrainingData, precision: str
         check_same_resume_epoch(strategy, done_epochs, paths.backup_dir)
 
     dataset_fn = make_dataset_fn(data, data_cfg, first_step=done_epochs * setup.steps_per_epoch)
-    inputs = strategy.distribute_datasets_from_function(dataset_fn)
+    inputs = distribute_inputs(strategy, dataset_fn)
     model = compiled_model(config, strategy, len(data.identities), data.targets,
                            setup.steps_per_epoch, schema=data.schema)
     if multi_worker:
