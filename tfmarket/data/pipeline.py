@@ -236,9 +236,9 @@ def train_dataset(
                                erase_prob)
         return tf.cast(images, tf.float32), {n: tf.gather(v, index) for n, v in column_t.items()}
 
-    # Fixed parallelism, autotuning off: tf.data's autotuning thread, once its period has grown
-    # to a minute, held up the end of every fit (the iterator's teardown waited for it: up to
-    # 46 s of the demo's 3 minutes); the pipeline is ~1% of a CPU step, so tuning gains nothing.
+    # Fixed parallelism, autotuning off: destroying the iterator at the end of fit can wait for
+    # tf.data's autotuning thread (43 s in one full demo of four); the pipeline is ~1% of a CPU
+    # step, so tuning gains nothing (benchmarks/README.md, "Fixed: up to a minute lost").
     threads = training_input_threads()
     ds = pk_batches(labels, p, k, seed, first_step).unbatch()
     ds = ds.map(load, num_parallel_calls=threads, deterministic=True)

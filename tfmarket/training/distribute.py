@@ -35,7 +35,8 @@ def choose_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
     ``MultiDeviceIterator`` (a generator dataset per device), whose teardown held up the end
     of every ``fit`` by up to a minute, and whose generator op resets glibc's trim threshold.
     TensorFlow's default strategy avoids that but traced the first step ~12 s slower and held
-    ~0.25 GB more during training (benchmarks/README.md, "A minute lost as fit returns").
+    ~0.25 GB more during training (benchmarks/README.md, "Fixed: up to a minute lost as fit
+    returns").
     """
     if os.environ.get("TF_CONFIG") and json.loads(os.environ["TF_CONFIG"]).get("cluster"):
         return tf.distribute.MultiWorkerMirroredStrategy()
