@@ -28,7 +28,9 @@ from a churning allocator show there (``tfmarket.allocator``; ``--malloc`` /
   losses; ``build_optimizer``; ``build_metrics``), stepped with ``train_on_batch`` (the
   compiled train function that ``fit`` runs). Precision ``float32`` and ``mixed_bfloat16``
   (Keras mixed-precision policy); BN layers ``fused`` (tfmarket's FusedBatchNormalization,
-  the default) or ``keras`` (Keras's own layer, as before issue 12); ``jit_compile`` (XLA)
+  the default) or ``keras`` (Keras's own layer, as before issue 12); ``--kernels``
+  ``tfmarket`` (the fused optimizer and the 3x3 tap gradient, the defaults) or ``keras``
+  (Keras's optimizer and Conv2D gradient, as before issue 25); ``jit_compile`` (XLA)
   off/on. TensorFlow's default threads.
 * ``pytorch``: torchvision ``resnet50`` (random init, the same last-stride-1 change, 751-way
   linear head), channels_last memory format, forward + cross-entropy + backward + Adam step;
@@ -108,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "column takes PyTorch's best row of each round)")
     parser.add_argument("--batchnorm", default="fused,keras",
                         help="tfmarket BN layers: fused (tfmarket's), keras (Keras's own), both")
+    parser.add_argument("--kernels", default="tfmarket",
+                        help="tfmarket rows' weight update and 3x3 kernel gradient, comma "
+                        "list: tfmarket (fused optimizer, tap gradient: what tfmarket.train "
+                        "runs), keras (Keras's optimizer and Conv2D gradient, as before "
+                        "issue 25)")
     parser.add_argument("--xla", choices=("off", "on", "both"), default="off",
                         help="tfmarket rows with jit_compile off, on or both (XLA compile of "
                         "ResNet50 training takes minutes on CPU)")
@@ -208,6 +215,8 @@ def rule_of_thumb_gmacs(height: int, width: int) -> float:
 
 def tf_trainer(spec: dict, args):
     """A compiled tfmarket model on one constant batch -> (step(n) -> (seconds, loss), facts)."""
+    from dataclasses import replace
+
     import keras
     import tensorflow as tf
 
@@ -219,9 +228,12 @@ def tf_trainer(spec: dict, args):
     height, width = spec["height"], spec["width"]
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(spec["precision"])
+    keras_kernels = spec.get("kernels") == "keras"
+    config = replace(config, train=replace(config.train, fused_optimizer=not keras_kernels))
     model = build_model(NUM_IDS, height=height, width=width, backbone="resnet50",
                         weights=None, last_stride=args.last_stride, pooling="avg",
-                        fused_batchnorm=spec["batchnorm"] == "fused")
+                        fused_batchnorm=spec["batchnorm"] == "fused",
+                        tap_gradient=not keras_kernels)
     losses, loss_weights = build_losses(config, dataset_targets())
     model.compile(
         optimizer=build_optimizer(config.train, steps_per_epoch=1000),
@@ -284,9 +296,12 @@ def fit_trainer(spec: dict, args):
     config = load_config(args.config)
     data_cfg = replace(config.data, root=str(args.data), height=spec["height"],
                        width=spec["width"], ids_per_batch=args.batch // K, images_per_id=K)
+    keras_kernels = spec.get("kernels") == "keras"
     config = replace(config, data=data_cfg, model=replace(
-        config.model, last_stride=args.last_stride, fused_batchnorm=spec["batchnorm"] == "fused"),
-        train=replace(config.train, jit_compile=spec["xla"] == "on"))
+        config.model, last_stride=args.last_stride, fused_batchnorm=spec["batchnorm"] == "fused",
+        tap_gradient=not keras_kernels),
+        train=replace(config.train, jit_compile=spec["xla"] == "on",
+                      fused_optimizer=not keras_kernels))
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(spec["precision"])
     strategy = (tf.distribute.OneDeviceStrategy("/cpu:0")
@@ -410,6 +425,9 @@ def row_specs(args, height: int, width: int) -> list[dict]:
     if not args.no_tf:
         interops = [int(t) for t in args.interop.split(",") if t.strip()]
         inputs = [i.strip() for i in args.fit_inputs.split(",")] if args.fit else ["step"]
+        kernel_choices = [k.strip() for k in args.kernels.split(",") if k.strip()]
+        if set(kernel_choices) - {"tfmarket", "keras"}:
+            raise SystemExit(f"--kernels {args.kernels!r}; valid: tfmarket, keras")
         onednns = {"auto": ["auto"], "on": ["on"], "off": ["off"],
                    "both": ["off", "on"]}[args.onednn]
         caches = {"auto": ["auto"], "on": ["on"], "off": ["off"],
@@ -422,8 +440,10 @@ def row_specs(args, height: int, width: int) -> list[dict]:
                    **({"primitive_cache": cache} if cache != "auto" else {}),
                    **({"strategy": strategy} if strategy != "auto" and feed != "step" else {}),
                    **({"interop": interop} if interop else {}),
+                   **({"kernels": kernels} if kernels != "tfmarket" else {}),
                    **({"input": feed} if args.fit else {})}
                   for precision in precisions for norm in norms for xla in xlas
+                  for kernels in kernel_choices
                   for interop in interops for feed in inputs
                   for malloc in malloc_choices(args.malloc) for onednn in onednns
                   for cache in caches for strategy in strategies
@@ -601,6 +621,7 @@ def _label(spec: dict) -> str:
     return f"tfmarket {spec['precision']} BN {spec['batchnorm']}{malloc}" + (
         " XLA" if spec["xla"] == "on" else "") + (
         f" inter-op {spec['interop']}" if spec.get("interop") else "") + (
+        f" kernels {spec['kernels']}" if spec.get("kernels") else "") + (
         f" {spec['input']}" if spec.get("input") else "") + (
         f" {spec['strategy']}" if spec.get("strategy") else "")
 
@@ -609,7 +630,7 @@ def _key(row) -> tuple:
     return (row["framework"], row["precision"], row["batchnorm"], row["xla"],
             row.get("interop", 0), row.get("input", "step"), row.get("malloc", "tuned"),
             row.get("onednn", "auto"), row.get("primitive_cache", "auto"),
-            row.get("strategy", "auto"))
+            row.get("strategy", "auto"), row.get("kernels", "tfmarket"))
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -633,8 +654,10 @@ def summarise(rows: list[dict]) -> list[dict]:
 def format_table(summary: list[dict], flops_per_image: dict[str, float]) -> str:
     fit = any(r.get("input") for r in summary)
     caches = any(r.get("primitive_cache") for r in summary)
+    kernels = any(r.get("kernels") for r in summary)
     header = ["framework", "size", "precision", "BN", "xla", "inter-op", "malloc", "oneDNN",
-              *(["prim. cache"] if caches else []), *(["input"] if fit else []),
+              *(["prim. cache"] if caches else []), *(["kernels"] if kernels else []),
+              *(["input"] if fit else []),
               "images/s median", "min-max",
               "vs PyTorch best: median", "min-max", "system/user CPU",
               *(["vs step: median", "min-max"] if fit else []), "GFLOP/s"]
@@ -649,6 +672,8 @@ def format_table(summary: list[dict], flops_per_image: dict[str, float]) -> str:
             r.get("malloc", "tuned"),
             "-" if r["framework"] == "pytorch" else r.get("onednn", "auto"),
             *([r.get("primitive_cache", "-")] if caches else []),
+            *([("-" if r["framework"] == "pytorch" else r.get("kernels", "tfmarket"))]
+              if kernels else []),
             *([r.get("input", "-") + (f" ({r['strategy']})" if r.get("strategy") else "")]
               if fit else []),
             f"{r['median']:.2f}", f"{r['min']:.1f}-{r['max']:.1f}",
@@ -660,7 +685,7 @@ def format_table(summary: list[dict], flops_per_image: dict[str, float]) -> str:
               if fit else []),
             f"{r['median'] * flops / 1e9:.0f}" if flops else "n/a",
         ])
-    return render_table(header, lines, left=tuple(range(8 + fit + caches)))
+    return render_table(header, lines, left=tuple(range(8 + fit + caches + kernels)))
 
 
 def flops_report(sizes, macs_by_size: dict[str, int], last_stride: int) -> tuple[str, dict]:

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import keras
 
 from tfmarket.attributes import HEADS
+from tfmarket.model import conv as _conv  # noqa: F401  (registers TapGradConv2D for loading)
 from tfmarket.model.fold import fold_normalization
 from tfmarket.model.layers import (
     CosineClassifier,
@@ -39,15 +40,17 @@ REID_OUTPUTS = ("features", "embedding", "id", "cluster")
 
 
 def _resnet50(input_shape, weights: str | None, last_stride: int,
-              fused_batchnorm: bool = True) -> keras.Model:
+              fused_batchnorm: bool = True, tap_gradient: bool = True) -> keras.Model:
     """Keras ResNet50 feature extractor [B, H, W, 3] -> [B, H/32, W/32, 2048] (/16 if stride 1).
 
     ``weights``: "imagenet", None, or a path to a weights file for ResNet50(include_top=False).
     ``fused_batchnorm``: its 53 BN layers train with TensorFlow's fused kernel
     (:class:`tfmarket.model.layers.FusedBatchNormalization`: same weights and results, faster).
+    ``tap_gradient``: its 3x3 convolutions are :class:`tfmarket.model.conv.TapGradConv2D`
+    (same weights and results; where faster, their kernel gradient is nine matmuls).
     """
     base = keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape)
-    if last_stride == 2 and not fused_batchnorm:
+    if last_stride == 2 and not fused_batchnorm and not tap_gradient:
         return base
     # Rebuilding from the edited config keeps every weight's shape and order.
     config = base.get_config()
@@ -59,6 +62,10 @@ def _resnet50(input_shape, weights: str | None, last_stride: int,
         if fused_batchnorm and layer["class_name"] == "BatchNormalization":
             layer["module"] = "tfmarket.model.layers"
             layer["registered_name"] = "tfmarket>FusedBatchNormalization"
+        if tap_gradient and layer["class_name"] == "Conv2D" \
+                and tuple(layer["config"]["kernel_size"]) == (3, 3):
+            layer["module"] = "tfmarket.model.conv"
+            layer["registered_name"] = "tfmarket>TapGradConv2D"
     model = keras.Model.from_config(config)
     model.set_weights(base.get_weights())
     return model
@@ -78,10 +85,11 @@ def _tiny_backbone(input_shape, fused_batchnorm: bool = True) -> keras.Model:
 
 
 def build_backbone(name: str, input_shape, weights: str | None = None, last_stride: int = 1,
-                   fused_batchnorm: bool = True):
+                   fused_batchnorm: bool = True, tap_gradient: bool = True):
     """Returns (feature-map model, normalisation mode its weights expect)."""
     if name == "resnet50":
-        return _resnet50(input_shape, weights, last_stride, fused_batchnorm), "caffe"
+        return _resnet50(input_shape, weights, last_stride, fused_batchnorm, tap_gradient), \
+            "caffe"
     if name == "tiny":
         if weights not in (None, "", "none"):
             raise ValueError("the tiny backbone has no pretrained weights; use weights: none")
@@ -101,6 +109,7 @@ def build_model(
     embedding_dim: int = 0,
     dropout: float = 0.0,
     fused_batchnorm: bool = True,
+    tap_gradient: bool = True,
     heads: Mapping[str, int] | None = None,
     id_head: str = "linear",
     id_scale: float = 30.0,
@@ -126,7 +135,7 @@ def build_model(
         weights = None
     images = keras.Input((height, width, 3), name="image")
     trunk, mode = build_backbone(backbone, (height, width, 3), weights, last_stride,
-                                 fused_batchnorm)
+                                 fused_batchnorm, tap_gradient)
     x = Normalize(mode, name="normalize")(images)
     x = trunk(x)
     if pooling == "gem":

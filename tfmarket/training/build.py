@@ -46,7 +46,8 @@ def build_training_model(config, num_identities: int, heads: dict[str, int]):
         backbone=model_cfg.backbone, weights=model_cfg.weights or None,
         last_stride=model_cfg.last_stride, pooling=model_cfg.pooling,
         embedding_dim=model_cfg.embedding_dim, dropout=model_cfg.dropout,
-        fused_batchnorm=model_cfg.fused_batchnorm, heads=heads,
+        fused_batchnorm=model_cfg.fused_batchnorm, tap_gradient=model_cfg.tap_gradient,
+        heads=heads,
         id_head=model_cfg.id_head, id_scale=model_cfg.id_scale,
     )
 
@@ -121,9 +122,14 @@ def build_metrics(heads=None):
 
 
 def build_optimizer(train_cfg, steps_per_epoch: int, warmup_steps: int | None = None):
-    """``train_cfg``'s optimizer and schedule; ``warmup_steps`` overrides its warm-up epochs."""
+    """``train_cfg``'s optimizer and schedule; ``warmup_steps`` overrides its warm-up epochs.
+
+    ``train_cfg.fused_optimizer``: tfmarket's :mod:`~tfmarket.model.optimizers` (one fused
+    kernel per variable, same math) instead of Keras's classes.
+    """
     import keras
 
+    from tfmarket.model import optimizers
     from tfmarket.model.schedules import WarmupSchedule
 
     if warmup_steps is None:
@@ -136,14 +142,15 @@ def build_optimizer(train_cfg, steps_per_epoch: int, warmup_steps: int | None = 
         decay_steps=[e * steps_per_epoch for e in train_cfg.decay_epochs],
         decay_factor=train_cfg.decay_factor,
     )
+    classes = optimizers if train_cfg.fused_optimizer else keras.optimizers
     if train_cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(schedule, weight_decay=train_cfg.weight_decay)
+        return classes.AdamW(schedule, weight_decay=train_cfg.weight_decay)
     if train_cfg.optimizer == "adam":
         # Classic Adam with L2 folded into the update, as BoT trains.
-        return keras.optimizers.Adam(schedule)
+        return classes.Adam(schedule)
     if train_cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True,
-                                    weight_decay=train_cfg.weight_decay)
+        return classes.SGD(schedule, momentum=0.9, nesterov=True,
+                           weight_decay=train_cfg.weight_decay)
     raise TfmarketError(f"unknown optimizer {train_cfg.optimizer!r}; valid: adam, adamw, sgd")
 
 

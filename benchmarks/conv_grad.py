@@ -1,0 +1,226 @@
+"""Kernel gradient of ResNet50's 3x3 convolutions: TensorFlow's kernel vs tfmarket's nine matmuls.
+
+    .venv/bin/python benchmarks/conv_grad.py [--batch 64] [--size 128x64]
+        [--precisions bfloat16,float32] [--repeats 5] [--iters 7] [--no-torch] [--json out.json]
+
+Why: ``tfmarket.model.conv`` computes the kernel gradient of 3x3 stride-1 convolutions with >=
+``TAP_GRADIENT_MIN_CHANNELS`` input channels as nine matmuls (``tap_kernel_gradient``) because on
+CPUs with bfloat16 that beats TensorFlow's ``Conv2DBackpropFilter`` (in float32 it does not).
+This measures both, each a ``tf.function``, on ResNet50's 3x3 convolution shapes (last stride 1)
+at ``--size``: ``--repeats`` rounds of 2 warm-up + ``--iters`` timed calls (median), alternating
+which goes first. It prints medians over rounds with min-max, the tap speed-up (per-round
+native/tap), max |tap - native| / max |native| and the saving per training step (ms x layers);
+unless ``--no-torch``, PyTorch's ``aten.convolution_backward`` weight gradient (channels_last,
+its training step's oneDNN kernel), run in its own process after each round (torch and
+TensorFlow in one process crash here). The CPU model and its bf16 / AMX / VNNI flags head it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _report import machine_info, render_table, write_json  # benchmarks/_report.py
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# ResNet50's 3x3 convolutions per stage: (downsampling of the input size, channels, layers).
+STAGES = ((4, 64, 3), (8, 128, 4), (16, 256, 6), (16, 512, 3))  # stage 5: last stride 1
+WARMUP = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--size", default="128x64", help="input image HxW")
+    parser.add_argument("--precisions", default="bfloat16,float32")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--iters", type=int, default=7, help="timed calls per variant per round")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
+    parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--torch-child", help=argparse.SUPPRESS)  # JSON job of the worker
+    return parser
+
+
+def shapes(size: str) -> list[tuple[int, int, int, int]]:
+    """(H, W, C, layers) of ResNet50's 3x3 convolutions for an HxW input."""
+    height, width = (int(v) for v in size.lower().split("x"))
+    return [(height // d, width // d, c, n) for d, c, n in STAGES]
+
+
+def median_ms(fn, iters: int) -> float:
+    for _ in range(WARMUP):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def torch_child(job: dict) -> None:
+    """Worker process: prints the median ms of PyTorch's weight gradient for each job shape."""
+    import torch
+
+    out = []
+    for precision, h, w, c in job["cases"]:
+        dtype = getattr(torch, precision)
+        x, dy = (torch.randn(job["batch"], c, h, w).to(dtype).contiguous(
+            memory_format=torch.channels_last) for _ in range(2))
+        kernel = torch.randn(c, c, 3, 3).to(dtype).contiguous(memory_format=torch.channels_last)
+
+        def grad(x=x, dy=dy, kernel=kernel):
+            return torch.ops.aten.convolution_backward(
+                dy, x, kernel, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                [False, True, False])
+
+        with torch.no_grad():
+            out.append(median_ms(grad, job["iters"]))
+    print("TORCH " + json.dumps(out))
+
+
+def run_torch(cases: list, args) -> list[float] | None:
+    job = json.dumps({"cases": cases, "batch": args.batch, "iters": args.iters})
+    proc = subprocess.run([sys.executable, __file__, "--torch-child", job],
+                          capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("TORCH "):
+            return json.loads(line[6:])
+    print(f"PyTorch worker failed (rc {proc.returncode}): "
+          + " | ".join(proc.stderr.strip().splitlines()[-3:]), flush=True)
+    return None
+
+
+def tf_cases(args) -> list[dict]:
+    """One case per (precision, shape): its two tf.functions and the tap's relative error."""
+    from tfmarket.console import import_tensorflow_quietly
+
+    tf = import_tensorflow_quietly()
+    from tfmarket.model.conv import tap_kernel_gradient
+
+    # Each function traces once per (shape, dtype), as intended: mute TF's retracing warning.
+    tf.get_logger().setLevel("ERROR")
+    native = tf.function(lambda x, dy: tf.raw_ops.Conv2DBackpropFilter(
+        input=x, filter_sizes=[3, 3, x.shape[-1], dy.shape[-1]], out_backprop=dy,
+        strides=[1, 1, 1, 1], padding="SAME"))
+    tap = tf.function(tap_kernel_gradient)
+    cases = []
+    for precision in args.precisions.split(","):
+        for h, w, c, layers in shapes(args.size):
+            x, dy = (tf.cast(tf.random.normal((args.batch, h, w, c)), precision)
+                     for _ in range(2))
+            ref, got = (tf.cast(f(x, dy), "float32") for f in (native, tap))
+            error = float(tf.reduce_max(tf.abs(got - ref)) / tf.reduce_max(tf.abs(ref)))
+            cases.append({
+                "precision": precision, "shape": (h, w, c), "layers": layers, "rel_diff": error,
+                "fns": {"native": lambda x=x, dy=dy: native(x, dy),
+                        "tap": lambda x=x, dy=dy: tap(x, dy)},
+                "native": [], "tap": [], "pytorch": []})
+    return cases
+
+
+def measure(cases: list[dict], args, use_torch: bool) -> None:
+    for number in range(args.repeats):
+        order = ("native", "tap") if number % 2 == 0 else ("tap", "native")
+        for case in cases:
+            for name in order:
+                case[name].append(median_ms(case["fns"][name], args.iters))
+        torch_ms = run_torch([[c["precision"], *c["shape"]] for c in cases], args) \
+            if use_torch else None
+        use_torch = torch_ms is not None  # a failed worker is not run again
+        for case, ms in zip(cases, torch_ms or [], strict=False):
+            case["pytorch"].append(ms)
+        print(f"  round {number + 1}/{args.repeats} done", flush=True)
+
+
+def summarise(case: dict) -> dict:
+    ratios = [n / t for n, t in zip(case["native"], case["tap"], strict=True)]
+    row = {k: v for k, v in case.items() if k != "fns"}
+    row["ratios"] = ratios
+    for key, values in (("native", case["native"]), ("tap", case["tap"]), ("ratio", ratios)):
+        row[f"{key}_median"] = statistics.median(values)
+        row[f"{key}_min"], row[f"{key}_max"] = min(values), max(values)
+    row["pytorch_median"] = statistics.median(case["pytorch"]) if case["pytorch"] else None
+    row["saving_ms"] = (row["native_median"] - row["tap_median"]) * case["layers"]
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    header = ["precision", "H x W x C", "layers", "native ms", "min-max", "tap ms", "min-max",
+              "tap speed-up", "min-max", "pytorch ms", "max rel. diff", "per-step saving ms"]
+    lines = [[
+        r["precision"], " x ".join(map(str, r["shape"])), r["layers"],
+        f"{r['native_median']:.1f}", f"{r['native_min']:.1f}-{r['native_max']:.1f}",
+        f"{r['tap_median']:.1f}", f"{r['tap_min']:.1f}-{r['tap_max']:.1f}",
+        f"{r['ratio_median']:.2f}x", f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}",
+        "n/a" if r["pytorch_median"] is None else f"{r['pytorch_median']:.1f}",
+        f"{r['rel_diff']:.1e}", f"{r['saving_ms']:.1f}"] for r in rows]
+    return render_table(header, lines, left=(0, 1))
+
+
+def totals(rows: list[dict], min_channels: int) -> list[str]:
+    """One line per precision: ms per step, native vs tap, over all layers and the wide ones."""
+    def per_step(subset):
+        return (sum(r["layers"] for r in subset),
+                sum(r["native_median"] * r["layers"] for r in subset),
+                sum(r["tap_median"] * r["layers"] for r in subset))
+
+    out = []
+    for precision in dict.fromkeys(r["precision"] for r in rows):
+        mine = [r for r in rows if r["precision"] == precision]
+        n, native, tap = per_step(mine)
+        n_wide, native_wide, tap_wide = per_step([r for r in mine if r["shape"][2] >= min_channels])
+        out.append(f"{precision}: per step, all {n} layers: native {native:.0f} ms vs tap "
+                   f"{tap:.0f} ms; the {n_wide} layers with >= {min_channels} channels "
+                   f"(where tfmarket uses tap): native {native_wide:.0f} ms vs tap "
+                   f"{tap_wide:.0f} ms")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tfmarket.console import quiet_tensorflow
+
+    quiet_tensorflow()  # what the commands do before TF: glibc malloc tuned, oneDNN choice
+    args = build_parser().parse_args(argv)
+    if args.torch_child:
+        torch_child(json.loads(args.torch_child))
+        return 0
+    machine = machine_info()
+    print(f"CPU: {machine['cpu']}; {machine['affinity_cpus']} usable cores")
+    use_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    if not args.no_torch and not use_torch:
+        print("PyTorch column skipped: torch not importable")
+    print(f"batch {args.batch}, input {args.size}, {args.repeats} rounds of {WARMUP} warm-up + "
+          f"{args.iters} timed calls per variant (median)"
+          + ("; PyTorch in its own process after each round" if use_torch else ""), flush=True)
+    cases = tf_cases(args)
+    from tfmarket.model.conv import TAP_GRADIENT_MIN_CHANNELS
+
+    measure(cases, args, use_torch)
+    rows = [summarise(c) for c in cases]
+    print(f"\nCPU: {machine['cpu']}")
+    print(format_table(rows))
+    print()
+    print("\n".join(totals(rows, TAP_GRADIENT_MIN_CHANNELS)))
+    if args.json:
+        write_json(args.json, {
+            "benchmark": "conv_grad", "batch": args.batch, "size": args.size,
+            "rounds": args.repeats, "iters": args.iters, "warmup": WARMUP,
+            "min_channels": TAP_GRADIENT_MIN_CHANNELS, "machine": machine, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
