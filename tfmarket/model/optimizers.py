@@ -18,8 +18,13 @@ from __future__ import annotations
 import keras
 
 
+def _fusable_backend() -> bool:
+    return keras.backend.backend() == "tensorflow"
+
+
 def _fusable(gradient, variable) -> bool:
-    if keras.backend.backend() != "tensorflow":
+    """Whether TensorFlow's dense kernels can update ``variable`` with ``gradient``."""
+    if not _fusable_backend():
         return False
     import tensorflow as tf
 
@@ -96,10 +101,6 @@ class AdamW(_FusedAdamUpdate, keras.optimizers.AdamW):
                                                                    tensor.dtype)
             tensor.assign_sub(tensor * rate)
         return super().update_step(gradient, variable, learning_rate)
-
-
-def _fusable_backend() -> bool:
-    return keras.backend.backend() == "tensorflow"
 
 
 @keras.saving.register_keras_serializable(package="tfmarket")
