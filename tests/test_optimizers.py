@@ -83,7 +83,11 @@ def test_fused_optimizer_trains_the_same_weights_as_keras(index, replicas):
     name, keras_factory, fused_factory, _ = _optimizers()[index]
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:replicas]
     assert len(devices) == replicas
-    strategy = tf.distribute.MirroredStrategy(devices)
+    # Gradients summed on one device: collective all-reduces would leave instance keys behind
+    # that clash with a later test's strategy in this process. The update path under test
+    # (each replica's variables updated in strategy.extended.update) is the same.
+    strategy = tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
     reference, keras_opt = _train(keras_factory, strategy)
     fused, fused_opt = _train(fused_factory, strategy)
     start = [np.asarray(w) for w in _model().weights]
