@@ -6,6 +6,7 @@ machine lines stay cheap.
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -22,6 +23,14 @@ ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "a
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 # Flags worth printing beside a CPU speed: bf16, AMX tiles and int8 dot products.
 REPORTED_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "amx_int8", "avx512_vnni", "avx_vnni")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, str]:

@@ -19,6 +19,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from tfmarket.hardware import usable_cores
 from tfmarket.preprocess import MEAN_RGB, decode_image, resize_image
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -239,7 +240,7 @@ def train_dataset(
     # Fixed parallelism, autotuning off: destroying the iterator at the end of fit can wait for
     # tf.data's autotuning thread (43 s in one full demo of four); the pipeline is ~1% of a CPU
     # step, so tuning gains nothing (benchmarks/README.md, "Fixed: up to a minute lost").
-    threads = training_input_threads()
+    threads = usable_cores()
     ds = pk_batches(labels, p, k, seed, first_step).unbatch()
     ds = ds.map(load, num_parallel_calls=threads, deterministic=True)
     ds = ds.batch(batch, drop_remainder=True).enumerate(first_step)
@@ -247,12 +248,6 @@ def train_dataset(
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.prefetch(TRAIN_PREFETCH_BATCHES).with_options(options)
-
-
-def training_input_threads() -> int:
-    """Parallel decode / augmentation calls of the training pipeline: the usable cores."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else os.cpu_count() or 1)
 
 
 def eval_dataset(

@@ -22,13 +22,13 @@ tensors are named ``StatefulPartitionedCall_1:N``, in no useful order.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from tfmarket.errors import TfmarketError
+from tfmarket.hardware import usable_cores
 
 INSTALL_HINT = "install it with: pip install 'tfmarket[litert]' (ai-edge-litert)"
 SIGNATURE = "serving_default"  # the SavedModel's serving signature, kept by the converter
@@ -70,7 +70,7 @@ class LiteRTModel:
             raise TfmarketError(f"{self.path}: model file not found")
         if int(threads) < 0:
             raise TfmarketError(f"threads must be >= 0 (0 = every core), got {threads}")
-        self.threads = int(threads) or _usable_cores()
+        self.threads = int(threads) or usable_cores()
         try:
             self.interpreter = interpreter(model_path=str(self.path), num_threads=self.threads)
             signatures = self.interpreter.get_signature_list()
@@ -101,13 +101,6 @@ class LiteRTModel:
 def run_litert(path: str | Path, images: np.ndarray, threads: int = 0) -> dict[str, np.ndarray]:
     """Runs a ``.tflite`` model on uint8 images; returns {output name: array}."""
     return LiteRTModel(path, threads).run(images)
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def _converter(saved_model: Path):
