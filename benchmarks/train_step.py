@@ -213,10 +213,18 @@ def rule_of_thumb_gmacs(height: int, width: int) -> float:
 # --- tfmarket ---------------------------------------------------------------------------------
 
 
-def tf_trainer(spec: dict, args):
-    """A compiled tfmarket model on one constant batch -> (step(n) -> (seconds, loss), facts)."""
+def with_kernels(config, spec: dict):
+    """``config`` with the row's ``--kernels``: tfmarket's (fused optimizer, tap gradient) or
+    Keras's (both off)."""
     from dataclasses import replace
 
+    ours = spec.get("kernels", "tfmarket") == "tfmarket"
+    return replace(config, model=replace(config.model, tap_gradient=ours),
+                   train=replace(config.train, fused_optimizer=ours))
+
+
+def tf_trainer(spec: dict, args):
+    """A compiled tfmarket model on one constant batch -> (step(n) -> (seconds, loss), facts)."""
     import keras
     import tensorflow as tf
 
@@ -228,12 +236,11 @@ def tf_trainer(spec: dict, args):
     height, width = spec["height"], spec["width"]
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(spec["precision"])
-    keras_kernels = spec.get("kernels") == "keras"
-    config = replace(config, train=replace(config.train, fused_optimizer=not keras_kernels))
+    config = with_kernels(config, spec)
     model = build_model(NUM_IDS, height=height, width=width, backbone="resnet50",
                         weights=None, last_stride=args.last_stride, pooling="avg",
                         fused_batchnorm=spec["batchnorm"] == "fused",
-                        tap_gradient=not keras_kernels)
+                        tap_gradient=config.model.tap_gradient)
     losses, loss_weights = build_losses(config, dataset_targets())
     model.compile(
         optimizer=build_optimizer(config.train, steps_per_epoch=1000),
@@ -296,12 +303,10 @@ def fit_trainer(spec: dict, args):
     config = load_config(args.config)
     data_cfg = replace(config.data, root=str(args.data), height=spec["height"],
                        width=spec["width"], ids_per_batch=args.batch // K, images_per_id=K)
-    keras_kernels = spec.get("kernels") == "keras"
-    config = replace(config, data=data_cfg, model=replace(
-        config.model, last_stride=args.last_stride, fused_batchnorm=spec["batchnorm"] == "fused",
-        tap_gradient=not keras_kernels),
-        train=replace(config.train, jit_compile=spec["xla"] == "on",
-                      fused_optimizer=not keras_kernels))
+    config = replace(with_kernels(config, spec), data=data_cfg)
+    config = replace(config, model=replace(
+        config.model, last_stride=args.last_stride, fused_batchnorm=spec["batchnorm"] == "fused"),
+        train=replace(config.train, jit_compile=spec["xla"] == "on"))
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(spec["precision"])
     strategy = (tf.distribute.OneDeviceStrategy("/cpu:0")
