@@ -29,7 +29,7 @@ from a churning allocator show there (``tfmarket.allocator``; ``--malloc`` /
   compiled train function that ``fit`` runs). Precision ``float32`` and ``mixed_bfloat16``
   (Keras mixed-precision policy); BN layers ``fused`` (tfmarket's FusedBatchNormalization,
   the default) or ``keras`` (Keras's own layer, as before issue 12); ``--kernels``
-  ``tfmarket`` (the fused optimizer and the 3x3 tap gradient, the defaults) or ``keras``
+  ``tfmarket`` (the fused optimizer and the matmul kernel gradients, the defaults) or ``keras``
   (Keras's optimizer and Conv2D gradient, as before issue 25); ``jit_compile`` (XLA)
   off/on. TensorFlow's default threads.
 * ``pytorch``: torchvision ``resnet50`` (random init, the same last-stride-1 change, 751-way
@@ -111,10 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batchnorm", default="fused,keras",
                         help="tfmarket BN layers: fused (tfmarket's), keras (Keras's own), both")
     parser.add_argument("--kernels", default="tfmarket",
-                        help="tfmarket rows' weight update and 3x3 kernel gradient, comma "
-                        "list: tfmarket (fused optimizer, tap gradient: what tfmarket.train "
-                        "runs), keras (Keras's optimizer and Conv2D gradient, as before "
-                        "issue 25)")
+                        help="tfmarket rows' weight update and kernel gradients, comma "
+                        "list: tfmarket (fused optimizer, matmul kernel gradients: what "
+                        "tfmarket.train runs), keras (Keras's optimizer and Conv2D gradient, "
+                        "as before issue 25)")
     parser.add_argument("--xla", choices=("off", "on", "both"), default="off",
                         help="tfmarket rows with jit_compile off, on or both (XLA compile of "
                         "ResNet50 training takes minutes on CPU)")
@@ -214,8 +214,8 @@ def rule_of_thumb_gmacs(height: int, width: int) -> float:
 
 
 def with_kernels(config, spec: dict):
-    """``config`` with the row's ``--kernels``: tfmarket's (fused optimizer, tap gradient) or
-    Keras's (both off)."""
+    """``config`` with the row's ``--kernels``: tfmarket's (fused optimizer, matmul kernel
+    gradients) or Keras's (both off)."""
     from dataclasses import replace
 
     ours = spec.get("kernels", "tfmarket") == "tfmarket"

@@ -74,8 +74,8 @@ class ModelConfig:
     dropout: float = 0.0
     # BN layers train with TensorFlow's fused kernel: same results, faster (issue 12)
     fused_batchnorm: bool = True
-    # 3x3 convolutions compute their kernel gradient as nine matmuls where that is faster
-    # (bfloat16 training on a CPU): same results (issue 25)
+    # Convolutions compute their kernel gradient by matmuls where that is faster on a CPU
+    # (3x3 from 256 channels in bfloat16, stage 5's 1x1 in float32): same results (issue 25)
     tap_gradient: bool = True
     # ID classifier: linear (BoT) | cosine (normalised weights and feature, logits
     # id_scale x cosine: the head CosFace / ArcFace margins act on; see loss.id_margin)

@@ -46,8 +46,9 @@ def _resnet50(input_shape, weights: str | None, last_stride: int,
     ``weights``: "imagenet", None, or a path to a weights file for ResNet50(include_top=False).
     ``fused_batchnorm``: its 53 BN layers train with TensorFlow's fused kernel
     (:class:`tfmarket.model.layers.FusedBatchNormalization`: same weights and results, faster).
-    ``tap_gradient``: its 3x3 convolutions are :class:`tfmarket.model.conv.TapGradConv2D`
-    (same weights and results; where faster, their kernel gradient is nine matmuls).
+    ``tap_gradient``: its 3x3 and 1x1 convolutions are
+    :class:`tfmarket.model.conv.TapGradConv2D` (same weights and results; where faster, their
+    kernel gradient is computed by matmuls).
     """
     base = keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape)
     if last_stride == 2 and not fused_batchnorm and not tap_gradient:
@@ -63,7 +64,7 @@ def _resnet50(input_shape, weights: str | None, last_stride: int,
             layer["module"] = "tfmarket.model.layers"
             layer["registered_name"] = "tfmarket>FusedBatchNormalization"
         if tap_gradient and layer["class_name"] == "Conv2D" \
-                and tuple(layer["config"]["kernel_size"]) == (3, 3):
+                and tuple(layer["config"]["kernel_size"]) in ((3, 3), (1, 1)):
             layer["module"] = "tfmarket.model.conv"
             layer["registered_name"] = "tfmarket>TapGradConv2D"
     model = keras.Model.from_config(config)
