@@ -205,6 +205,20 @@ def test_float_model_matches_keras_in_every_runtime(which, runner, request):
                                        atol=FLOAT_TOLERANCE, err_msg=f"{runner} {name}")
 
 
+def test_int8_weights_are_held_to_seven_bits(smoke_export):
+    """x86 CPUs without VNNI add u8 x s8 products in saturating 16-bit sums (onnxruntime,
+    OpenVINO): with |weights| <= 64 a pair of products (2 x 255 x 64 = 32,640) cannot
+    overflow them."""
+    import onnx
+    from onnx import numpy_helper
+
+    out, _, _ = smoke_export
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(out / "model.int8.onnx")).graph
+               .initializer if t.data_type == onnx.TensorProto.INT8 and t.dims]
+    assert weights, "no int8 weight tensors in the int8 model"
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
+
+
 @pytest.mark.parametrize("runner", list(RUNNERS))
 def test_int8_model_stays_within_the_drift_bounds_in_every_runtime(smoke_export, runner):
     out, images, reference = smoke_export

@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "devices; needs ai-edge-litert (pip install 'tfmarket[litert]')")
     parser.add_argument("--int8", action="store_true",
                         help="also write model.int8.onnx for CPU serving: static int8 (QDQ, "
-                        "per-channel int8 weights, uint8 activations), calibrated on 200 of "
-                        "the run's training crops; with --litert also model.int8.tflite "
+                        "per-channel int8 weights in 7 bits, uint8 activations), calibrated "
+                        "on 200 of the run's training crops; with --litert also model.int8.tflite "
                         "(full integer, calibrated on the same crops)")
     parser.add_argument("--checkpoint", default="best", choices=["best", "final"],
                         help="best validation mAP (best.keras, if kept) or the final model")

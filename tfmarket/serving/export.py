@@ -134,8 +134,9 @@ def export_model(model, out: Path, images, *, onnx: bool = True, int8: bool = Fa
         if calibration_images is not None and len(calibration_images):
             quantize_static_int8(out / "model.onnx", target, calibration_images,
                                  activations="uint8")
-            method = (f"static: QDQ, per-channel int8 weights, uint8 activations (U8S8) "
-                      f"calibrated on {len(calibration_images)} training crops")
+            method = (f"static: QDQ, per-channel int8 weights in 7 bits (reduce_range), uint8 "
+                      f"activations (U8S8) calibrated on {len(calibration_images)} training "
+                      f"crops")
         else:
             quantize_dynamic_int8(out / "model.onnx", target)
             method = "dynamic: int8 weights, activations quantised per batch"
