@@ -17,10 +17,10 @@ The kernel gradient of a 1x1, stride-1 convolution is one such product (one tap)
 float32 1x1 filter-gradient kernel (PyTorch runs the same one) is slow where the kernel is large
 and the map small (likely its reduction of per-thread partial gradients, which grows with
 C_in x C_out). On ResNet50's stage 5 (1x1 kernels of 1024x512 up to 1024x2048, on the
-smallest maps) one matmul is faster in float32: 1.5-1.8x at
-128x64 images and 1.5-2.0x at 256x128 on a 2-core AVX2-only AMD EPYC (``benchmarks/
-conv_grad.py --kinds 1x1``), about 5% of the float32 training step; on stage 4 and the strided
-layers it is slower, so it applies from :data:`MATMUL_GRADIENT_MIN_WEIGHTS` kernel weights.
+smallest maps) one matmul is faster in float32 on a 2-core AVX2-only AMD EPYC: 1.6-1.9x at
+128x64 images (``benchmarks/conv_grad.py --kinds 1x1``) and 1.5-2.0x at 256x128, about 5% of
+the float32 training step. On stage 4 and the strided layers it is slower, so it applies from
+:data:`MATMUL_GRADIENT_MIN_WEIGHTS` kernel weights.
 """
 
 from __future__ import annotations
