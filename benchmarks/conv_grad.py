@@ -70,15 +70,6 @@ def shapes(size: str, kind: str) -> list[tuple[int, int, int, int, int]]:
     return [(height // d, width // d, c_in, c_out, n) for d, c_in, c_out, n in STAGES[kind]]
 
 
-def uses_matmul(kind: str, precision: str, c_in: int, c_out: int) -> bool:
-    """Whether ``tfmarket.model.conv.TapGradConv2D`` takes the matmul form for this layer."""
-    from tfmarket.model.conv import MATMUL_GRADIENT_MIN_WEIGHTS, TAP_GRADIENT_MIN_CHANNELS
-
-    if kind == "3x3":
-        return precision == "bfloat16" and c_in >= TAP_GRADIENT_MIN_CHANNELS
-    return precision == "float32" and c_in * c_out >= MATMUL_GRADIENT_MIN_WEIGHTS
-
-
 def median_ms(fn, iters: int) -> float:
     for _ in range(WARMUP):
         fn()
@@ -130,7 +121,11 @@ def tf_cases(args) -> list[dict]:
     from tfmarket.console import import_tensorflow_quietly
 
     tf = import_tensorflow_quietly()
-    from tfmarket.model.conv import pointwise_kernel_gradient, tap_kernel_gradient
+    from tfmarket.model.conv import (
+        matmul_kernel_gradient,
+        pointwise_kernel_gradient,
+        tap_kernel_gradient,
+    )
 
     # Each function traces once per (shape, dtype), as intended: mute TF's retracing warning.
     tf.get_logger().setLevel("ERROR")
@@ -150,7 +145,8 @@ def tf_cases(args) -> list[dict]:
                 cases.append({
                     "kind": kind, "precision": precision, "shape": (h, w, c_in, c_out),
                     "layers": layers, "rel_diff": error,
-                    "used": uses_matmul(kind, precision, c_in, c_out),
+                    "used": matmul_kernel_gradient(
+                        (k, k), "same", precision, c_in, c_out) is not None,
                     "fns": {"native": lambda x=x, dy=dy, f=native: f(x, dy),
                             "matmul": lambda x=x, dy=dy, f=matmul: f(x, dy)},
                     "native": [], "matmul": [], "pytorch": []})

@@ -150,20 +150,28 @@ class Conv2D(keras.layers.Conv2D):
                 and self.groups == 1 and self.data_format == "channels_last"
                 and len(inputs.shape) == 4):
             return None
-        channels_in = inputs.shape[-1] or 0
-        kernel_size = tuple(self.kernel_size)
-        if kernel_size == (3, 3) and self.padding == "same" \
-                and self.compute_dtype == "bfloat16" \
-                and channels_in >= TAP_GRADIENT_MIN_CHANNELS:
-            kernel_gradient = tap_kernel_gradient
-        elif kernel_size == (1, 1) and self.compute_dtype == "float32" \
-                and channels_in * self.filters >= MATMUL_GRADIENT_MIN_WEIGHTS:
-            kernel_gradient = pointwise_kernel_gradient
-        else:
+        kernel_gradient = matmul_kernel_gradient(
+            tuple(self.kernel_size), self.padding, self.compute_dtype, inputs.shape[-1] or 0,
+            self.filters)
+        if kernel_gradient is None:
             return None
         import tensorflow as tf
 
         return None if tf.config.list_logical_devices("GPU") else kernel_gradient
+
+
+def matmul_kernel_gradient(kernel_size: tuple[int, int], padding: str, compute_dtype: str,
+                           channels_in: int, channels_out: int):
+    """For a stride-1 convolution trained on a CPU: the matmul form of its kernel gradient
+    where that beats TensorFlow's kernel (:func:`tap_kernel_gradient`,
+    :func:`pointwise_kernel_gradient`), else None (TensorFlow's kernel)."""
+    if tuple(kernel_size) == (3, 3) and padding == "same" and compute_dtype == "bfloat16" \
+            and channels_in >= TAP_GRADIENT_MIN_CHANNELS:
+        return tap_kernel_gradient
+    if tuple(kernel_size) == (1, 1) and compute_dtype == "float32" \
+            and channels_in * channels_out >= MATMUL_GRADIENT_MIN_WEIGHTS:
+        return pointwise_kernel_gradient
+    return None
 
 
 TapGradConv2D = Conv2D
