@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_step.py [--sizes 128x64,256x128] [--batch 64]
         [--steps 2] [--repeats 7] [--warmup 3] [--precisions float32,mixed_bfloat16]
-        [--batchnorm fused,keras] [--xla off|on|both] [--profile 128x64] [--json out.json]
+        [--batchnorm fused,kernel,keras] [--xla off|on|both] [--profile 128x64] [--json out.json]
     .venv/bin/python benchmarks/train_step.py --quick   # 2 rounds of 1 step at batch 8, 128x64
 
 Only the step is timed: inputs are constant in-memory tensors (random pixels in [0, 255],
@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="PyTorch rows' glibc malloc, as --malloc (default both: the ratio "
                         "column takes PyTorch's best row of each round)")
     parser.add_argument("--batchnorm", default="fused,keras",
-                        help="tfmarket BN layers: fused (tfmarket's), keras (Keras's own), both")
+                        help="tfmarket BN layers, comma list: fused (tfmarket's: in float32 on "
+                        "a CPU, statistics by matmul), kernel (tfmarket's with TensorFlow's fused "
+                        "kernel in every precision, as before 2026-12-07), keras (Keras's own)")
     parser.add_argument("--kernels", default="tfmarket",
                         help="tfmarket rows' weight update and kernel gradients, comma "
                         "list: tfmarket (fused optimizer, matmul kernel gradients: what "
@@ -223,6 +225,16 @@ def with_kernels(config, spec: dict):
                    train=replace(config.train, fused_optimizer=ours))
 
 
+def uses_fused_batchnorm(spec: dict) -> bool:
+    """Whether the row's BN layers are tfmarket's; ``kernel`` rows also turn off its matmul
+    statistics (:data:`tfmarket.model.layers.STATISTICS_BY_MATMUL`) in this row's process."""
+    from tfmarket.model import layers
+
+    if spec["batchnorm"] == "kernel":
+        layers.STATISTICS_BY_MATMUL = False
+    return spec["batchnorm"] in ("fused", "kernel")
+
+
 def tf_trainer(spec: dict, args):
     """A compiled tfmarket model on one constant batch -> (step(n) -> (seconds, loss), facts)."""
     import keras
@@ -239,7 +251,7 @@ def tf_trainer(spec: dict, args):
     config = with_kernels(config, spec)
     model = build_model(NUM_IDS, height=height, width=width, backbone="resnet50",
                         weights=None, last_stride=args.last_stride, pooling="avg",
-                        fused_batchnorm=spec["batchnorm"] == "fused",
+                        fused_batchnorm=uses_fused_batchnorm(spec),
                         tap_gradient=config.model.tap_gradient)
     losses, loss_weights = build_losses(config, dataset_targets())
     model.compile(
@@ -305,7 +317,7 @@ def fit_trainer(spec: dict, args):
                        width=spec["width"], ids_per_batch=args.batch // K, images_per_id=K)
     config = replace(with_kernels(config, spec), data=data_cfg)
     config = replace(config, model=replace(
-        config.model, last_stride=args.last_stride, fused_batchnorm=spec["batchnorm"] == "fused"),
+        config.model, last_stride=args.last_stride, fused_batchnorm=uses_fused_batchnorm(spec)),
         train=replace(config.train, jit_compile=spec["xla"] == "on"))
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(spec["precision"])

@@ -152,3 +152,79 @@ def test_resnet50_gets_fused_layers_with_the_same_weights():
     plain, _ = build_backbone("resnet50", (64, 32, 3), None, 2, fused_batchnorm=False)
     assert not any(isinstance(layer, FusedBatchNormalization) for layer in plain.layers)
     assert [w.shape for w in plain.weights] == [w.shape for w in trunk.weights]
+
+
+@pytest.mark.parametrize("by_matmul", [True, False])
+def test_float32_compiled_step_matches_keras_with_either_statistics(by_matmul, monkeypatch):
+    """Float32 on a CPU normalises with matmul statistics (the fused kernel when turned off),
+    checked inside ``tf.function``: the graph TensorFlow rewrites for oneDNN, as training runs."""
+    import keras
+    import tensorflow as tf
+
+    from tfmarket.model import layers
+
+    calls = []
+    by_matmul_fn = layers.batch_norm_training_by_matmul
+    monkeypatch.setattr(layers, "STATISTICS_BY_MATMUL", by_matmul)
+    monkeypatch.setattr(layers, "batch_norm_training_by_matmul",
+                        lambda *args: calls.append(args[0].shape) or by_matmul_fn(*args))
+    rng = np.random.default_rng(3)
+    images = tf.constant(rng.normal(2.0, 3.0, (6, 12, 8, 3)).astype(np.float32))
+    labels = tf.constant(rng.integers(0, 5, 6))
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    reference = _model(keras.layers.BatchNormalization)
+    fused = _model(layers.FusedBatchNormalization)
+    fused.set_weights(reference.get_weights())
+    results = []
+    for model in (reference, fused):
+
+        @tf.function
+        def step(images, labels, model=model):
+            with tf.GradientTape() as tape:
+                logits = model(images, training=True)
+                loss = loss_fn(labels, logits)
+            return logits, tape.gradient(loss, model.trainable_variables)
+
+        logits, grads = step(images, labels)
+        results.append((logits.numpy(), [g.numpy() for g in grads],
+                        [v.numpy() for v in model.non_trainable_variables]))
+    assert len(calls) == (2 if by_matmul else 0)  # bn1 and bn2, traced once
+    (ref_logits, ref_grads, ref_stats), (logits, grads, stats) = results
+    _close(logits, ref_logits, 1e-5, "logits")
+    for i, (g, ref) in enumerate(zip(grads, ref_grads, strict=True)):
+        _close(g, ref, 1e-5, f"gradient {i}")
+    for i, (s, ref) in enumerate(zip(stats, ref_stats, strict=True)):
+        _close(s, ref, 1e-5, f"moving statistic {i}")
+
+
+def test_matmul_statistics_keep_their_digits_when_the_mean_dwarfs_the_spread():
+    """Mean 40, spread 0.5 per channel: E[x^2] - mean^2 in float32 would lose the variance to
+    rounding (x^2 ~ 1600 against a variance of 0.25); squares about the first row keep it."""
+    import tensorflow as tf
+
+    from tfmarket.model.layers import batch_norm_training_by_matmul
+
+    rng = np.random.default_rng(4)
+    x = (40.0 + rng.normal(0.0, 0.5, (16, 8, 4, 6))).astype(np.float32)
+    gamma = np.linspace(0.5, 1.5, 6).astype(np.float32)
+    beta = np.linspace(-1.0, 1.0, 6).astype(np.float32)
+    y, mean, variance = tf.function(batch_norm_training_by_matmul)(
+        tf.constant(x), tf.constant(gamma), tf.constant(beta), 1e-3)
+    x64 = x.astype(np.float64)
+    mean64, var64 = x64.mean(axis=(0, 1, 2)), x64.var(axis=(0, 1, 2))
+    expected = (x64 - mean64) / np.sqrt(var64 + 1e-3) * gamma + beta
+    np.testing.assert_allclose(mean.numpy(), mean64, rtol=1e-6)
+    np.testing.assert_allclose(variance.numpy(), var64, rtol=1e-3)
+    _close(y.numpy(), expected, 1e-4, "normalised output")
+    naive = (x64.astype(np.float32) ** 2).mean(axis=(0, 1, 2), dtype=np.float32) - mean64 ** 2
+    assert np.abs(naive / var64 - 1).max() > 1e-3  # what the test guards against
+
+
+def test_matmul_statistics_of_an_empty_batch_do_not_fail():
+    import tensorflow as tf
+
+    from tfmarket.model.layers import batch_norm_training_by_matmul
+
+    y, mean, variance = batch_norm_training_by_matmul(
+        tf.zeros((0, 4, 2, 3)), tf.ones(3), tf.zeros(3), 1e-3)
+    assert y.shape == (0, 4, 2, 3) and mean.shape == (3,) and variance.shape == (3,)

@@ -162,6 +162,69 @@ class ClusterPrototypes(CosineClassifier):
 # would change the math; such layers keep Keras's own path.
 FUSED_MIN_EPSILON = 1.001e-5
 
+# Float32 training on a CPU normalises with batch_norm_training_by_matmul (False: the fused
+# kernel everywhere; benchmarks compare the two).
+STATISTICS_BY_MATMUL = True
+
+
+def batch_norm_training_by_matmul(x, gamma, beta, epsilon: float):
+    """Training-mode batch normalisation, float32 NHWC: statistics by matmul, the affine map
+    as a 1x1 depthwise convolution.
+
+    The forward pass of TensorFlow's fused kernel on CPUs (oneDNN's ``bnorm`` on channels-last
+    maps) reads each map at a fraction of memory speed: on ResNet50's maps at 128x64 (batch 64,
+    2-core AVX2-only AMD EPYC) it took 1.3-3.8x as long as this per map, 2x over the seven
+    shapes, and the float32 training step gained about 4% (benchmarks/README.md). Here both
+    per-channel sums are ``ones [1, N·H·W] x rows [N·H·W, C]`` products, which read the map in
+    order on every core, and the normalisation is one fused pass. The squares are taken about
+    the first row (the shifted-data algorithm), so the variance keeps its digits when a
+    channel's mean is large against its spread. The backward pass is TensorFlow's fused
+    gradient kernel given these statistics (the batch mean and biased variance, as its own
+    forward pass saves them).
+
+    Args:
+        x: float32 [N, H, W, C].
+        gamma, beta: float32 [C].
+
+    Returns:
+        (y float32 [N, H, W, C], batch mean [C], biased batch variance [C]).
+    """
+    import tensorflow as tf
+
+    channels = x.shape[-1]
+
+    @tf.custom_gradient
+    def normalize(x, gamma, beta):
+        rows = tf.reshape(x, (-1, channels))  # [M, C]
+        count = tf.shape(rows)[0]
+        ones = tf.ones((1, count), x.dtype)
+        shift = tf.stop_gradient(tf.reduce_sum(rows[:1], axis=0))  # first row; 0 if none
+        sums = tf.matmul(ones, rows)[0]
+        shifted_squares = tf.matmul(ones, tf.math.squared_difference(rows, shift))[0]
+        inverse_count = 1.0 / tf.cast(count, x.dtype)
+        mean = sums * inverse_count
+        variance = tf.maximum(
+            shifted_squares * inverse_count - tf.square(mean - shift), 0.0)
+        scale = gamma * tf.math.rsqrt(variance + epsilon)
+        # The affine map as a 1x1 depthwise convolution plus bias: one fused pass over the map
+        # (a multiply and an add would be two).
+        y = tf.nn.bias_add(
+            tf.nn.depthwise_conv2d(x, tf.reshape(scale, (1, 1, channels, 1)), [1, 1, 1, 1],
+                                   "VALID"),
+            beta - mean * scale)
+
+        def grad(dy, _dmean=None, _dvariance=None):
+            # The statistics feed only the moving averages (assignments, not the loss).
+            dx, dgamma, dbeta = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=dy, x=x, scale=gamma, reserve_space_1=mean,
+                reserve_space_2=variance, reserve_space_3=variance, epsilon=epsilon,
+                data_format="NHWC", is_training=True)[:3]
+            return dx, dgamma, dbeta
+
+        return (y, tf.stop_gradient(mean), tf.stop_gradient(variance)), grad
+
+    return normalize(x, gamma, beta)
+
 
 @keras.saving.register_keras_serializable(package="tfmarket", name="FusedBatchNormalization")
 class BatchNormalization(keras.layers.BatchNormalization):
@@ -177,6 +240,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
     float16 activations to float32, which costs a full extra read and write of every activation
     map, forward and backward, in each of ResNet50's 53 BN layers. ``FusedBatchNormV3`` does it
     in one pass in the input's dtype (statistics in float32; oneDNN on CPUs, cuDNN on GPUs).
+    Float32 training on a CPU takes :func:`batch_norm_training_by_matmul` instead (oneDNN's
+    forward kernel is slow on channels-last maps); its backward pass is the same fused kernel.
 
     Same weights, same semantics: output normalised with the batch's biased variance, moving
     statistics ``m = m * momentum + batch_stat * (1 - momentum)`` with the biased variance, as in
@@ -196,6 +261,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
             and self.epsilon >= FUSED_MIN_EPSILON
         )
 
+    def _statistics_by_matmul(self) -> bool:
+        """Whether the training step takes :func:`batch_norm_training_by_matmul`: in float32,
+        with no GPU visible (cuDNN's kernel is the fast one there; bfloat16 sums would round)."""
+        if not STATISTICS_BY_MATMUL or self.compute_dtype != "float32":
+            return False
+        import tensorflow as tf
+
+        return not tf.config.list_logical_devices("GPU")
+
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
@@ -205,10 +279,13 @@ class BatchNormalization(keras.layers.BatchNormalization):
         channels = x.shape[-1]
         gamma = ops.cast(self.gamma, "float32") if self.scale else ops.ones((channels,))
         beta = ops.cast(self.beta, "float32") if self.center else ops.zeros((channels,))
-        y, mean, corrected = tf.compat.v1.nn.fused_batch_norm(
-            x, gamma, beta, epsilon=self.epsilon, is_training=True, data_format="NHWC")[:3]
-        count = ops.cast(ops.prod(ops.shape(x)[:-1]), "float32")
-        variance = corrected * (count - 1.0) / ops.maximum(count, 1.0)
+        if self._statistics_by_matmul():
+            y, mean, variance = batch_norm_training_by_matmul(x, gamma, beta, self.epsilon)
+        else:
+            y, mean, corrected = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, epsilon=self.epsilon, is_training=True, data_format="NHWC")[:3]
+            count = ops.cast(ops.prod(ops.shape(x)[:-1]), "float32")
+            variance = corrected * (count - 1.0) / ops.maximum(count, 1.0)
         moving_mean = ops.cast(self.moving_mean, "float32")
         moving_variance = ops.cast(self.moving_variance, "float32")
         self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
