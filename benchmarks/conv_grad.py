@@ -26,12 +26,16 @@ import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from _report import machine_info, render_table, write_json  # benchmarks/_report.py
+from _report import (  # benchmarks/_report.py
+    machine_info,
+    median_ms,
+    render_table,
+    run_torch_worker,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -70,17 +74,6 @@ def shapes(size: str, kind: str) -> list[tuple[int, int, int, int, int]]:
     return [(height // d, width // d, c_in, c_out, n) for d, c_in, c_out, n in STAGES[kind]]
 
 
-def median_ms(fn, iters: int) -> float:
-    for _ in range(WARMUP):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
 def torch_child(job: dict) -> None:
     """Worker process: prints the median ms of PyTorch's weight gradient for each job shape."""
     import torch
@@ -99,20 +92,8 @@ def torch_child(job: dict) -> None:
                 [False, True, False])
 
         with torch.no_grad():
-            out.append(median_ms(grad, job["iters"]))
+            out.append(median_ms(grad, job["iters"], WARMUP))
     print("TORCH " + json.dumps(out))
-
-
-def run_torch(cases: list, args) -> list[float] | None:
-    job = json.dumps({"cases": cases, "batch": args.batch, "iters": args.iters})
-    proc = subprocess.run([sys.executable, __file__, "--torch-child", job],
-                          capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("TORCH "):
-            return json.loads(line[6:])
-    print(f"PyTorch worker failed (rc {proc.returncode}): "
-          + " | ".join(proc.stderr.strip().splitlines()[-3:]), flush=True)
-    return None
 
 
 def tf_cases(args) -> list[dict]:
@@ -158,10 +139,10 @@ def measure(cases: list[dict], args, use_torch: bool) -> None:
         order = ("native", "matmul") if number % 2 == 0 else ("matmul", "native")
         for case in cases:
             for name in order:
-                case[name].append(median_ms(case["fns"][name], args.iters))
-        torch_ms = run_torch([[c["precision"], int(c["kind"][0]), *c["shape"]] for c in cases],
-                             args) \
-            if use_torch else None
+                case[name].append(median_ms(case["fns"][name], args.iters, WARMUP))
+        torch_ms = run_torch_worker(__file__, {
+            "cases": [[c["precision"], int(c["kind"][0]), *c["shape"]] for c in cases],
+            "batch": args.batch, "iters": args.iters}) if use_torch else None
         use_torch = torch_ms is not None  # a failed worker is not run again
         for case, ms in zip(cases, torch_ms or [], strict=False):
             case["pytorch"].append(ms)

@@ -173,8 +173,9 @@ def batch_norm_training_by_matmul(x, gamma, beta, epsilon: float):
 
     The forward pass of TensorFlow's fused kernel on CPUs (oneDNN's ``bnorm`` on channels-last
     maps) reads each map at a fraction of memory speed: on ResNet50's maps at 128x64 (batch 64,
-    2-core AVX2-only AMD EPYC) it took 1.3-3.8x as long as this per map, 2x over the seven
-    shapes, and the float32 training step gained about 4% (benchmarks/README.md). Here both
+    2-core AVX2-only AMD EPYC, ``benchmarks/batchnorm.py``) it took 1.05-2.1x as long as this
+    per map, 280 against 198 ms over a step's 53 layers, and the float32 training step gained
+    about 4% (benchmarks/README.md). Here both
     per-channel sums are ``ones [1, N·H·W] x rows [N·H·W, C]`` products, which read the map in
     order on every core, and the normalisation is one fused pass. The squares are taken about
     the first row (the shifted-data algorithm), so the variance keeps its digits when a
@@ -217,6 +218,7 @@ def batch_norm_training_by_matmul(x, gamma, beta, epsilon: float):
             # The statistics feed only the moving averages (assignments, not the loss).
             dx, dgamma, dbeta = tf.raw_ops.FusedBatchNormGradV3(
                 y_backprop=dy, x=x, scale=gamma, reserve_space_1=mean,
+                # reserve_space_3 is a workspace only the fused ReLU variant reads.
                 reserve_space_2=variance, reserve_space_3=variance, epsilon=epsilon,
                 data_format="NHWC", is_training=True)[:3]
             return dx, dgamma, dbeta
