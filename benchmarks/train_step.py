@@ -430,6 +430,8 @@ def row_specs(args, height: int, width: int) -> list[dict]:
     """Every row of one input size, PyTorch first (the reference)."""
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     norms = [b.strip() for b in args.batchnorm.split(",") if b.strip()]
+    if set(norms) - {"fused", "kernel", "keras"}:
+        raise SystemExit(f"--batchnorm {args.batchnorm!r}; valid: fused, kernel, keras")
     xlas = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.xla]
     specs = []
     if not args.no_torch:
