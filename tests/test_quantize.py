@@ -88,3 +88,13 @@ def test_static_int8_with_uint8_activations(exported, course_synth, tmp_path):
     with pytest.raises(TfmarketError, match="activations"):
         quantize_static_int8(out / "model.onnx", tmp_path / "x.onnx", calibration,
                              activations="int4")
+
+
+def test_the_card_names_the_options_the_static_model_was_written_with():
+    from tfmarket.serving.quantize import static_int8_method
+
+    shipped = static_int8_method(200, per_channel=True, activations="uint8", reduce_range=True)
+    assert shipped == ("static: QDQ, per-channel int8 weights in 7 bits (reduce_range), uint8 "
+                       "activations (U8S8) calibrated on 200 training crops")
+    other = static_int8_method(8, per_channel=False, activations="int8", reduce_range=False)
+    assert "7 bits" not in other and "per-tensor" in other and "(S8S8)" in other

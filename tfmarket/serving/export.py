@@ -127,19 +127,22 @@ def export_model(model, out: Path, images, *, onnx: bool = True, int8: bool = Fa
             f"export parity check failed: max |difference| {worst:.3g} > {tolerance:g} "
             f"({json.dumps(parity)})")
     if int8 and onnx:
-        from tfmarket.serving.quantize import quantize_dynamic_int8, quantize_static_int8
+        from tfmarket.serving.quantize import (
+            DYNAMIC_INT8_METHOD,
+            quantize_dynamic_int8,
+            quantize_static_int8,
+            static_int8_method,
+        )
 
         phase("int8")
         target = out / "model.int8.onnx"
         if calibration_images is not None and len(calibration_images):
-            quantize_static_int8(out / "model.onnx", target, calibration_images,
-                                 activations="uint8", reduce_range=True)  # as `method` says
-            method = (f"static: QDQ, per-channel int8 weights in 7 bits (reduce_range), uint8 "
-                      f"activations (U8S8) calibrated on {len(calibration_images)} training "
-                      f"crops")
+            options = {"per_channel": True, "activations": "uint8", "reduce_range": True}
+            quantize_static_int8(out / "model.onnx", target, calibration_images, **options)
+            method = static_int8_method(len(calibration_images), **options)
         else:
             quantize_dynamic_int8(out / "model.onnx", target)
-            method = "dynamic: int8 weights, activations quantised per batch"
+            method = DYNAMIC_INT8_METHOD
         files.append("model.int8.onnx")
         parity["int8"] = {"method": method,
                           **quantization_report(reference, run_onnx(target, images))}
@@ -165,7 +168,10 @@ def quantization_report(reference: dict, quantized: dict) -> dict:
     """How far int8 outputs drift: embedding cosine similarity and attribute decision agreement."""
     import numpy as np
 
-    cos = np.sum(reference["embedding"] * quantized["embedding"], axis=1)
+    # A true cosine: the int8 model's rows are not exactly unit length.
+    cos = np.sum(reference["embedding"] * quantized["embedding"], axis=1) / np.maximum(
+        np.linalg.norm(reference["embedding"], axis=1)
+        * np.linalg.norm(quantized["embedding"], axis=1), 1e-12)
     ref_t, q_t = _decisions(reference), _decisions(quantized)
     agree = float(np.mean([np.mean(ref_t[h] == q_t[h]) for h in ref_t])) if ref_t else None
     return {"max_abs_diff": _max_abs_diff(reference, quantized),

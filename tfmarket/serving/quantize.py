@@ -23,6 +23,20 @@ from tfmarket.errors import TfmarketError
 INPUT_NAME = "image"
 
 
+DYNAMIC_INT8_METHOD = "dynamic: int8 weights, activations quantised per batch"
+
+
+def static_int8_method(calibration_count: int, *, per_channel: bool = True,
+                       activations: str = "uint8", reduce_range: bool = True) -> str:
+    """The model card's words for :func:`quantize_static_int8` called with these options on
+    ``calibration_count`` crops."""
+    weights = ("per-channel int8 weights" if per_channel else "per-tensor int8 weights") + (
+        " in 7 bits (reduce_range)" if reduce_range else "")
+    layout = "U8S8" if activations == "uint8" else "S8S8"
+    return (f"static: QDQ, {weights}, {activations} activations ({layout}) calibrated on "
+            f"{calibration_count} training crops")
+
+
 def quantize_dynamic_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
     """Dynamic int8 (weights QInt8) -> ``out_path``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
