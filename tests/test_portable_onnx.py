@@ -235,6 +235,23 @@ def test_int8_model_stays_within_the_drift_bounds_in_every_runtime(smoke_export,
     assert quantization_report(ort, got)["attribute_decision_agreement"] > 0.95, runner
 
 
+def test_embedders_give_unit_embeddings_from_float_and_int8_models(smoke_export):
+    """Ranking takes q . g as the cosine; the int8 model's raw rows are not unit length."""
+    from tfmarket.serving.embed import open_embedder
+    from tfmarket.serving.export import run_onnx
+
+    out, images, _ = smoke_export
+    raw = np.linalg.norm(run_onnx(out / "model.int8.onnx", images)["embedding"], axis=1)
+    assert np.abs(raw - 1).max() > 1e-5  # what the embedder corrects
+    for name in ("model.onnx", "model.int8.onnx"):
+        for runtime in ("onnxruntime", "openvino"):
+            for flip in (False, True):
+                embedder = open_embedder(out / name, runtime, threads=1, flip_test=flip)
+                norms = np.linalg.norm(embedder.run(images)["embedding"], axis=1)
+                np.testing.assert_allclose(norms, 1.0, atol=1e-6,
+                                           err_msg=f"{name} {runtime} flip={flip}")
+
+
 # --- --runtime openvino -------------------------------------------------------------------------
 
 

@@ -80,9 +80,11 @@ class Embedder:
             flipped = self._infer(mirrored)
             for name, value in zip(self.output_names, flipped, strict=True):
                 out[name] = (out[name] + value) / 2
-            if "embedding" in out:
-                norm = np.linalg.norm(out["embedding"], axis=-1, keepdims=True)
-                out["embedding"] = out["embedding"] / np.maximum(norm, 1e-12)
+        if "embedding" in out:
+            # Ranking takes q . g as the cosine. A float model's rows are unit already; an int8
+            # model's come out of its last dequantisation 0.1% off, and the flip average shorter.
+            norm = np.linalg.norm(out["embedding"], axis=-1, keepdims=True)
+            out["embedding"] = out["embedding"] / np.maximum(norm, 1e-12)
         return out
 
     def embed_files(self, paths: list[str], batch_size: int = 64, progress: str | None = None
