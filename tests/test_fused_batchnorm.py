@@ -228,3 +228,21 @@ def test_matmul_statistics_of_an_empty_batch_do_not_fail():
     y, mean, variance = batch_norm_training_by_matmul(
         tf.zeros((0, 4, 2, 3)), tf.ones(3), tf.zeros(3), 1e-3)
     assert y.shape == (0, 4, 2, 3) and mean.shape == (3,) and variance.shape == (3,)
+
+
+def test_cpu_forms_step_aside_when_a_gpu_is_visible(monkeypatch):
+    """With a GPU visible, BN keeps the fused kernel and convolutions Keras's gradient."""
+    import tensorflow as tf
+
+    from tfmarket.model import layers
+    from tfmarket.model.conv import TapGradConv2D
+
+    assert layers.trains_on_cpu()
+    bn = layers.FusedBatchNormalization()
+    conv = TapGradConv2D(2048, 1)
+    x = tf.zeros((1, 2, 2, 1024))
+    assert bn._statistics_by_matmul() and conv._kernel_gradient(x) is not None
+    monkeypatch.setattr(tf.config, "list_logical_devices",
+                        lambda kind=None: ["/GPU:0"] if kind == "GPU" else [])
+    assert not layers.trains_on_cpu()
+    assert not bn._statistics_by_matmul() and conv._kernel_gradient(x) is None

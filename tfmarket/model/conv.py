@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import keras
 
+from tfmarket.model.layers import trains_on_cpu
+
 # Input channels from which the per-tap matmuls beat TensorFlow's bfloat16 kernel at both
 # image sizes measured (see above): ResNet50's stages 4 and 5.
 TAP_GRADIENT_MIN_CHANNELS = 256
@@ -153,11 +155,7 @@ class Conv2D(keras.layers.Conv2D):
         kernel_gradient = matmul_kernel_gradient(
             tuple(self.kernel_size), self.padding, self.compute_dtype, inputs.shape[-1] or 0,
             self.filters)
-        if kernel_gradient is None:
-            return None
-        import tensorflow as tf
-
-        return None if tf.config.list_logical_devices("GPU") else kernel_gradient
+        return kernel_gradient if kernel_gradient is not None and trains_on_cpu() else None
 
 
 def matmul_kernel_gradient(kernel_size: tuple[int, int], padding: str, compute_dtype: str,

@@ -162,6 +162,17 @@ class ClusterPrototypes(CosineClassifier):
 # would change the math; such layers keep Keras's own path.
 FUSED_MIN_EPSILON = 1.001e-5
 
+def trains_on_cpu() -> bool:
+    """True on the TensorFlow backend with no GPU visible: where tfmarket's CPU forms of
+    training kernels apply (BN statistics by matmul here, kernel gradients by matmul in
+    :mod:`tfmarket.model.conv`); on GPUs cuDNN's kernels are the fast ones."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return not tf.config.list_logical_devices("GPU")
+
+
 # Float32 training on a CPU normalises with batch_norm_training_by_matmul (False: the fused
 # kernel everywhere; benchmarks compare the two).
 STATISTICS_BY_MATMUL = True
@@ -266,11 +277,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def _statistics_by_matmul(self) -> bool:
         """Whether the training step takes :func:`batch_norm_training_by_matmul`: in float32,
         with no GPU visible (cuDNN's kernel is the fast one there; bfloat16 sums would round)."""
-        if not STATISTICS_BY_MATMUL or self.compute_dtype != "float32":
-            return False
-        import tensorflow as tf
-
-        return not tf.config.list_logical_devices("GPU")
+        return STATISTICS_BY_MATMUL and self.compute_dtype == "float32" and trains_on_cpu()
 
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, training, mask):
