@@ -108,6 +108,20 @@ def test_inference_frozen_and_2d_inputs_use_keras_code_and_agree():
     np.testing.assert_array_equal(a(flat, training=True), b(flat, training=True))
 
 
+def test_float64_layers_train_with_keras_code():
+    """FusedBatchNormV3 has no float64 kernel: such a layer takes Keras's code, not an error."""
+    import keras
+
+    from tfmarket.model.layers import FusedBatchNormalization
+
+    x = np.random.default_rng(2).normal(3.0, 2.0, size=(4, 6, 5, 3))
+    a = keras.layers.BatchNormalization(dtype="float64")
+    b = FusedBatchNormalization(dtype="float64")
+    assert not b._fusable(keras.ops.convert_to_tensor(x), True, None)
+    np.testing.assert_array_equal(b(x, training=True), a(x, training=True))
+    np.testing.assert_array_equal(b.moving_variance, a.moving_variance)
+
+
 def test_saves_loads_and_reads_weights_written_with_keras_layers(tmp_path):
     """.keras round trip; a checkpoint of the old (Keras-BN) model loads into the fused one."""
     import keras

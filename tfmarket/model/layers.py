@@ -162,6 +162,9 @@ class ClusterPrototypes(CosineClassifier):
 # would change the math; such layers keep Keras's own path.
 FUSED_MIN_EPSILON = 1.001e-5
 
+# The compute dtypes FusedBatchNormV3 takes.
+FUSED_DTYPES = ("float16", "bfloat16", "float32")
+
 def trains_on_cpu() -> bool:
     """True on the TensorFlow backend with no GPU visible: where tfmarket's CPU forms of
     training kernels apply (BN statistics by matmul here, kernel gradients by matmul in
@@ -272,6 +275,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
             and not getattr(self, "synchronized", False) and keras.backend.backend() == "tensorflow"
             and len(inputs.shape) == 4 and self.axis in (3, -1)
             and self.epsilon >= FUSED_MIN_EPSILON
+            # FusedBatchNormV3's types; Keras's code serves any other (float64).
+            and self.compute_dtype in FUSED_DTYPES
         )
 
     def _statistics_by_matmul(self) -> bool:
