@@ -230,6 +230,9 @@ def batch_norm_training_by_matmul(x, gamma, beta, epsilon: float):
 
         def grad(dy, _dmean=None, _dvariance=None):
             # The statistics feed only the moving averages (assignments, not the loss).
+            # reserve_space_2 as the biased variance is the CPU kernels' convention (Eigen,
+            # oneDNN); cuDNN's reads an inverse standard deviation there, so this form must
+            # stay off GPUs (trains_on_cpu).
             dx, dgamma, dbeta = tf.raw_ops.FusedBatchNormGradV3(
                 y_backprop=dy, x=x, scale=gamma, reserve_space_1=mean,
                 # reserve_space_3 is a workspace only the fused ReLU variant reads.
