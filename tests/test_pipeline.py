@@ -90,22 +90,47 @@ def test_train_dataset_shapes_targets_and_determinism(small_set):
     np.testing.assert_array_equal(images.numpy(), uncached.numpy())
 
 
+def _assert_untuned(ds, maps: int):
+    """Autotuning off and every parallel map's parallelism fixed (not AUTOTUNE's -1)."""
+    assert ds.options().autotune.enabled is False
+    graph = tf.compat.v1.GraphDef.FromString(ds._as_serialized_graph().numpy())
+    nodes = {node.name: node for node in graph.node}
+    parallel_maps = [node for node in graph.node if node.op.startswith("ParallelMapDataset")]
+    assert len(parallel_maps) == maps
+    for node in parallel_maps:  # the last data input is num_parallel_calls
+        last = [name for name in node.input if not name.startswith("^")][-1]
+        calls = tf.make_ndarray(nodes[last.split(":")[0]].attr["value"].tensor)
+        assert int(calls) >= 1
+
+
 def test_training_pipeline_has_autotuning_off_and_fixed_parallelism(small_set):
     # tf.data's autotuning thread held up the end of fit by up to a minute (benchmarks/README.md,
     # "A minute lost as fit returns"); the options must reach what fit iterates, after the
     # model-target mapping of tfmarket.training.fit.make_dataset_fn.
     paths, labels = small_set
     ds = train_dataset(paths, labels, {}, height=32, width=16, p=2, k=3, seed=7)
-    assert ds.options().autotune.enabled is False
+    _assert_untuned(ds, maps=2)
     assert ds.map(lambda x, y: (x, y)).options().autotune.enabled is False
-    graph = tf.compat.v1.GraphDef.FromString(ds._as_serialized_graph().numpy())
-    nodes = {node.name: node for node in graph.node}
-    maps = [node for node in graph.node if node.op.startswith("ParallelMapDataset")]
-    assert len(maps) == 2
-    for node in maps:  # the last data input is num_parallel_calls; AUTOTUNE would be -1
-        last = [name for name in node.input if not name.startswith("^")][-1]
-        calls = tf.make_ndarray(nodes[last.split(":")[0]].attr["value"].tensor)
-        assert int(calls) >= 1
+
+
+def test_decoding_for_validation_ranking_and_export_is_untuned_and_in_order(small_set):
+    # The same wait held the end of 2 in 5 embeddings of 1024 crops for 18 s
+    # (benchmarks/README.md, "Fixed: 18 s lost at the end of an embedding").
+    from tfmarket.preprocess import image_batches, load_images_numpy
+
+    paths, labels = small_set
+    batches = image_batches(paths, 32, 16, batch_size=4)
+    _assert_untuned(batches, maps=1)
+    validation = eval_dataset(paths, height=32, width=16, batch_size=4)
+    _assert_untuned(validation, maps=1)
+    expected = np.stack([load_image(tf.constant(p), 32, 16).numpy() for p in paths])
+    decoded = np.concatenate([b.numpy() for b in batches])
+    np.testing.assert_array_equal(decoded, expected)
+    np.testing.assert_array_equal(load_images_numpy(paths, 32, 16), expected)
+    rows = list(validation)
+    assert [len(r["image"]) for r in rows] == [4, 4, 4, 4, 4, 1]
+    np.testing.assert_array_equal(np.concatenate([r["image"] for r in rows]),
+                                  expected.astype(np.float32))
 
 
 def test_preprocessing_eager_equals_inside_tf_data(tmp_path):

@@ -57,19 +57,46 @@ def load_image(path, height: int, width: int):
     return resize_image(decode_image(tf.io.read_file(path)), height, width)
 
 
-def load_images_numpy(paths, height: int, width: int, threads: int = 2):
+def untuned(ds):
+    """``ds`` with tf.data's autotuning off; its parallelism must then be fixed by the caller.
+
+    Destroying an iterator of an autotuned pipeline waits for tf.data's autotuning thread,
+    which sleeps for a period that doubles up to a minute: it held the end of ``fit`` for up to
+    46 s (benchmarks/README.md, "Fixed: up to a minute lost as fit returns") and the end of
+    2 in 5 embeddings of 1024 crops for 18 s (the "Fixed: 18 s lost at the end of an
+    embedding" section there). Decoding is a small part of a CPU's training or inference time,
+    so tuning it gains nothing.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
+def image_batches(paths, height: int, width: int, batch_size: int):
+    """tf.data of uint8 [B, height, width, 3] batches of ``paths`` decoded in order (the last
+    one may be short): what ranking, embedding and export decode files with. One decode per
+    usable core, two batches ready ahead, no autotuning (:func:`untuned`)."""
+    import tensorflow as tf
+
+    from tfmarket.hardware import usable_cores
+
+    ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
+    ds = ds.map(lambda p: load_image(p, height, width), num_parallel_calls=usable_cores(),
+                deterministic=True)
+    return untuned(ds.batch(batch_size).prefetch(2))
+
+
+def load_images_numpy(paths, height: int, width: int):
     """Decodes files with the same TF ops into uint8 [N, height, width, 3] (for ranking).
 
-    Runs through tf.data so decoding is parallel; check files first with
+    Runs through :func:`image_batches` so decoding is parallel; check files first with
     ``tfmarket.data.check.require_readable`` for errors that name the file.
     """
     import numpy as np
-    import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
-    ds = ds.map(lambda p: load_image(p, height, width), num_parallel_calls=threads)
-    ds = ds.batch(256)
-    arrays = [batch.numpy() for batch in ds]
+    arrays = [batch.numpy() for batch in image_batches(paths, height, width, 256)]
     if not arrays:
         return np.zeros((0, height, width, 3), np.uint8)
     return np.concatenate(arrays)

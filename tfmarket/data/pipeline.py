@@ -20,9 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfmarket.hardware import usable_cores
-from tfmarket.preprocess import MEAN_RGB, decode_image, resize_image
+from tfmarket.preprocess import MEAN_RGB, decode_image, resize_image, untuned
 
-AUTOTUNE = tf.data.AUTOTUNE
 TRAIN_PREFETCH_BATCHES = 2  # batches ready ahead of the step (one in use, one being built)
 
 
@@ -237,17 +236,14 @@ def train_dataset(
                                erase_prob)
         return tf.cast(images, tf.float32), {n: tf.gather(v, index) for n, v in column_t.items()}
 
-    # Fixed parallelism, autotuning off: destroying the iterator at the end of fit can wait for
-    # tf.data's autotuning thread (43 s in one full demo of four); the pipeline is ~1% of a CPU
-    # step, so tuning gains nothing (benchmarks/README.md, "Fixed: up to a minute lost").
+    # Fixed parallelism, autotuning off (preprocess.untuned: the end of fit waited for tf.data's
+    # autotuning thread, 43 s in one full demo of four); the pipeline is ~1% of a CPU step.
     threads = usable_cores()
     ds = pk_batches(labels, p, k, seed, first_step).unbatch()
     ds = ds.map(load, num_parallel_calls=threads, deterministic=True)
     ds = ds.batch(batch, drop_remainder=True).enumerate(first_step)
     ds = ds.map(augment_and_label, num_parallel_calls=threads, deterministic=True)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return ds.prefetch(TRAIN_PREFETCH_BATCHES).with_options(options)
+    return untuned(ds.prefetch(TRAIN_PREFETCH_BATCHES))
 
 
 def eval_dataset(
@@ -276,5 +272,7 @@ def eval_dataset(
         image = resize_image(decode_image(tf.io.read_file(row["file"])), height, width)
         return {**row, "image": tf.cast(image, tf.float32)}
 
-    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+    # Fixed parallelism, autotuning off (preprocess.untuned): validation's predict would
+    # otherwise wait for tf.data's autotuning thread as its iterator is destroyed.
+    ds = ds.map(load, num_parallel_calls=usable_cores(), deterministic=True)
+    return untuned(ds.batch(batch_size).prefetch(2))

@@ -90,17 +90,12 @@ class Embedder:
     def embed_files(self, paths: list[str], batch_size: int = 64, progress: str | None = None
                     ) -> dict[str, np.ndarray]:
         """Decodes and runs every file; returns {output: array [N, ...]} in ``paths`` order."""
-        import tensorflow as tf
-
-        from tfmarket.preprocess import load_image
+        from tfmarket.preprocess import image_batches
 
         n = len(paths)
         if n == 0:
             return {name: np.zeros((0,), np.float32) for name in self.output_names}
-        ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
-        ds = ds.map(lambda p: load_image(p, self.height, self.width),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(batch_size).prefetch(2)
+        ds = image_batches(paths, self.height, self.width, batch_size)
         bar = _progress(n, progress)
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
         done = 0
