@@ -115,7 +115,7 @@ def test_training_pipeline_has_autotuning_off_and_fixed_parallelism(small_set):
 
 def test_decoding_for_validation_ranking_and_export_is_untuned_and_in_order(small_set):
     # The same wait held the end of 2 in 5 embeddings of 1024 crops for 18 s
-    # (benchmarks/README.md, "Fixed: 18 s lost at the end of an embedding").
+    # (benchmarks/README.md, "Fixed: 18–22 s lost at the end of an embedding").
     from tfmarket.preprocess import image_batches, load_images_numpy
 
     paths, labels = small_set

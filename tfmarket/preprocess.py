@@ -63,7 +63,7 @@ def untuned(ds):
     Destroying an iterator of an autotuned pipeline waits for tf.data's autotuning thread,
     which sleeps for a period that doubles up to a minute: it held the end of ``fit`` for up to
     46 s (benchmarks/README.md, "Fixed: up to a minute lost as fit returns") and the end of
-    2 in 5 embeddings of 1024 crops for 18 s (the "Fixed: 18 s lost at the end of an
+    2 in 5 embeddings of 1024 crops for 18 s (the "Fixed: 18–22 s lost at the end of an
     embedding" section there). Decoding is a small part of a CPU's training or inference time,
     so tuning it gains nothing.
     """

@@ -165,6 +165,7 @@ FUSED_MIN_EPSILON = 1.001e-5
 # The compute dtypes FusedBatchNormV3 takes.
 FUSED_DTYPES = ("float16", "bfloat16", "float32")
 
+
 def trains_on_cpu() -> bool:
     """True on the TensorFlow backend with no GPU visible: where tfmarket's CPU forms of
     training kernels apply (BN statistics by matmul here, kernel gradients by matmul in
