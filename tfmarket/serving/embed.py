@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tfmarket.errors import TfmarketError
+from tfmarket.retrieval.search import l2_normalize
 
 # --runtime choices; "auto" goes by the file's extension (.tflite: LiteRT, else onnxruntime)
 RUNTIMES = ("auto", "onnxruntime", "openvino", "litert")
@@ -83,8 +84,7 @@ class Embedder:
         if "embedding" in out:
             # Ranking takes q . g as the cosine. A float model's rows are unit already; an int8
             # model's come out of its last dequantisation 0.1% off, and the flip average shorter.
-            norm = np.linalg.norm(out["embedding"], axis=-1, keepdims=True)
-            out["embedding"] = out["embedding"] / np.maximum(norm, 1e-12)
+            out["embedding"] = l2_normalize(out["embedding"])
         return out
 
     def embed_files(self, paths: list[str], batch_size: int = 64, progress: str | None = None

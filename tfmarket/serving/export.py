@@ -168,10 +168,11 @@ def quantization_report(reference: dict, quantized: dict) -> dict:
     """How far int8 outputs drift: embedding cosine similarity and attribute decision agreement."""
     import numpy as np
 
+    from tfmarket.retrieval.search import l2_normalize
+
     # A true cosine: the int8 model's rows are not exactly unit length.
-    cos = np.sum(reference["embedding"] * quantized["embedding"], axis=1) / np.maximum(
-        np.linalg.norm(reference["embedding"], axis=1)
-        * np.linalg.norm(quantized["embedding"], axis=1), 1e-12)
+    cos = np.sum(l2_normalize(reference["embedding"]) * l2_normalize(quantized["embedding"]),
+                 axis=1)
     ref_t, q_t = _decisions(reference), _decisions(quantized)
     agree = float(np.mean([np.mean(ref_t[h] == q_t[h]) for h in ref_t])) if ref_t else None
     return {"max_abs_diff": _max_abs_diff(reference, quantized),
